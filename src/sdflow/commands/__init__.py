@@ -1,0 +1,1 @@
+"""Sub-commands of the `sdflow` command line; see `sdflow.cli`."""

@@ -1,0 +1,61 @@
+"""Architecture sizes of SDFlow, with the authors' model as the `paper` preset."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size that shapes the five networks. Scale (x4) and channel counts of the
+    latents are fixed by the architecture and not configurable."""
+
+    hr_steps: int = 16            # flow steps per level of f_HR (two levels)
+    lr_steps: int = 16            # flow steps of f_LR
+    hf_steps: int = 8             # conditional steps of f_HF
+    deg_steps: int = 8            # conditional steps of f_Deg
+    coupling_hidden: int = 64     # width of every coupling / injector network
+    cond_channels: int = 64       # width of the RRDB condition networks and of u
+    hf_rrdb_blocks: int = 8       # RRDBs in f_HF's condition network
+    deg_rrdb_blocks: int = 4      # RRDBs in f_Deg's condition network
+    rrdb_growth: int = 32
+    mixture_components: int = 16  # components of f_Deg's prior
+    extractor_channels: int = 64  # width of the content extractor E
+    extractor_blocks: int = 16    # modulated residual blocks of E
+    extractor_modulation_convs: int = 8
+
+    PRESETS = ("paper", "tiny", "small")
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        if name == "paper":
+            return cls()
+        if name == "small":
+            return cls(hr_steps=8, lr_steps=8, hf_steps=4, deg_steps=4, coupling_hidden=48,
+                       cond_channels=48, hf_rrdb_blocks=2, deg_rrdb_blocks=1, rrdb_growth=24,
+                       extractor_channels=48, extractor_blocks=6, extractor_modulation_convs=3)
+        if name == "tiny":
+            return cls(hr_steps=2, lr_steps=2, hf_steps=2, deg_steps=2, coupling_hidden=16,
+                       cond_channels=16, hf_rrdb_blocks=1, deg_rrdb_blocks=1, rrdb_growth=8,
+                       mixture_components=4, extractor_channels=16, extractor_blocks=2,
+                       extractor_modulation_convs=2)
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(cls.PRESETS)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: int(v) for k, v in d.items()})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(s))
