@@ -1,0 +1,124 @@
+"""The four flows of SDFlow: f_HR, f_HF, f_LR and f_Deg."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sdflow.flows.layers import (Expand, FlowSequence, FlowStep, Squeeze, chain_forward, chain_inverse,
+                                 standard_normal_logp, transition)
+from sdflow.nets.rrdb import ConditionNet
+
+
+class _Chain(nn.Module):
+    """A flow made of named parts run in the order `_parts()` gives."""
+
+    def _parts(self):
+        raise NotImplementedError
+
+    def forward(self, x, cond=None):
+        return chain_forward(self._parts(), x, cond)
+
+    def inverse(self, y, cond=None):
+        return chain_inverse(self._parts(), y, cond)
+
+
+class SqueezeLevel(_Chain):
+    """Squeeze, a transition, then `steps` unconditional flow steps."""
+
+    def __init__(self, in_channels: int, steps: int, hidden: int):
+        super().__init__()
+        c = 4 * in_channels
+        self.squeeze = Squeeze()
+        self.transition = transition(c)
+        self.steps = FlowSequence([FlowStep(c, hidden=hidden) for _ in range(steps)])
+
+    def _parts(self):
+        return [self.squeeze, self.transition, self.steps]
+
+
+class HRFlow(_Chain):
+    """f_HR: HR image y (3, H, W) <-> z (48, H/4, W/4); z[:, :3] is the content z_c, the rest z_h."""
+
+    def __init__(self, steps: int = 16, hidden: int = 64):
+        super().__init__()
+        self.levels = nn.ModuleList([SqueezeLevel(3, steps, hidden), SqueezeLevel(12, steps, hidden)])
+
+    def _parts(self):
+        return list(self.levels)
+
+
+class LRFlow(_Chain):
+    """f_LR: LR image x <-> z_LR of the same shape."""
+
+    def __init__(self, steps: int = 16, hidden: int = 64):
+        super().__init__()
+        self.squeeze = Squeeze()
+        self.transition_in = transition(12)
+        self.steps = FlowSequence([FlowStep(12, hidden=hidden) for _ in range(steps)])
+        self.transition_out = transition(12)
+        self.expand = Expand()
+
+    def _parts(self):
+        return [self.squeeze, self.transition_in, self.steps, self.transition_out, self.expand]
+
+
+class ConditionalFlow(nn.Module):
+    """CF: a flow on z conditioned on a content map through an RRDB condition network.
+
+    With `squeeze`, z is squeezed to half size and the condition features are brought to that
+    size by a pixel-unshuffle and a 1x1 conv. With `normal_prior`, the forward logdet includes
+    log N(z_out; 0, I), so that it is the log-likelihood of z itself.
+    """
+
+    def __init__(self, channels: int, cond_in: int, steps: int, rrdb_blocks: int, squeeze: bool,
+                 normal_prior: bool, cond_channels: int = 64, growth: int = 32, hidden: int = 64):
+        super().__init__()
+        self.squeeze = squeeze
+        self.normal_prior = normal_prior
+        self.cond_net = ConditionNet(cond_in, rrdb_blocks, cond_channels, growth)
+        if squeeze:
+            self.cond_proj = nn.Conv2d(4 * cond_channels, cond_channels, 1)
+            channels *= 4
+            self.squeeze_layer = Squeeze()
+            self.transition = transition(channels)
+        else:
+            self.cond_proj = self.squeeze_layer = self.transition = None
+        # The last step has no coupling: its injector alone ends the flow.
+        self.steps = FlowSequence([FlowStep(channels, cond_channels, coupling=i < steps - 1, hidden=hidden)
+                                   for i in range(steps)])
+
+    def _parts(self):
+        return [self.squeeze_layer, self.transition, self.steps] if self.squeeze else [self.steps]
+
+    def condition(self, content: torch.Tensor) -> torch.Tensor:
+        u = self.cond_net(content)
+        if self.squeeze:
+            u = F.leaky_relu(self.cond_proj(F.pixel_unshuffle(u, 2)), 0.2)
+        return u
+
+    def forward(self, z, cond):
+        out, logdet = chain_forward(self._parts(), z, self.condition(cond))
+        if self.normal_prior:
+            logdet = logdet + standard_normal_logp(out)
+        return out, logdet
+
+    def inverse(self, eps, cond):
+        z, logdet = chain_inverse(self._parts(), eps, self.condition(cond))
+        if self.normal_prior:
+            logdet = logdet - standard_normal_logp(eps)
+        return z, logdet
+
+    def latent_shape(self, cond: torch.Tensor, channels: int):
+        b, _, h, w = cond.shape
+        return (b, 4 * channels, h // 2, w // 2) if self.squeeze else (b, channels, h, w)
+
+    def sample(self, cond, channels: int, tau: float = 0.8, generator=None):
+        """Draw z ~ f^-1(N(0, tau^2 I)); tau below 1e-6 gives the flow's image of the mean."""
+        shape = self.latent_shape(cond, channels)
+        if tau < 1e-6:
+            eps = cond.new_zeros(shape)
+        else:
+            eps = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            eps = (1.0 + 1e-6) * tau * eps
+        return self.inverse(eps, cond)[0]

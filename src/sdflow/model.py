@@ -1,0 +1,140 @@
+"""SDFlow: the five networks together, with super-resolution, downscaling and likelihoods."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sdflow.config import ModelConfig
+from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow
+from sdflow.flows.mixture import GaussianMixturePrior
+from sdflow.nets.content import ContentExtractor
+
+SCALE = 4
+CONTENT_CHANNELS = 3
+HF_CHANNELS = 45
+# f_HR squeezes twice and f_Deg once more at LR size: HR sides must be multiples of 8.
+HR_MULTIPLE = 8
+
+
+class SDFlow(nn.Module):
+    """Images are NCHW tensors in [-1, 1]; outputs are returned raw (not clamped)."""
+
+    def __init__(self, config: Optional[ModelConfig] = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        hidden = config.coupling_hidden
+        self.content_extractor = ContentExtractor(config.extractor_channels, config.extractor_blocks,
+                                                  config.extractor_modulation_convs)
+        self.f_hr = HRFlow(config.hr_steps, hidden)
+        self.f_hf = ConditionalFlow(HF_CHANNELS, CONTENT_CHANNELS, config.hf_steps, config.hf_rrdb_blocks,
+                                    squeeze=False, normal_prior=True, cond_channels=config.cond_channels,
+                                    growth=config.rrdb_growth, hidden=hidden)
+        self.f_lr = LRFlow(config.lr_steps, hidden)
+        self.f_deg = ConditionalFlow(CONTENT_CHANNELS, CONTENT_CHANNELS, config.deg_steps,
+                                     config.deg_rrdb_blocks, squeeze=True, normal_prior=False,
+                                     cond_channels=config.cond_channels, growth=config.rrdb_growth,
+                                     hidden=hidden)
+        self.deg_prior = GaussianMixturePrior(config.mixture_components)
+
+    @property
+    def device(self) -> torch.device:
+        return self.deg_prior.means.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.deg_prior.means.dtype
+
+    # ----- the HR side ---------------------------------------------------------------------
+
+    def encode_hr(self, y: torch.Tensor):
+        """f_HR(y) -> (z_c, z_h, logdet)."""
+        z, logdet = self.f_hr(y)
+        return z[:, :CONTENT_CHANNELS], z[:, CONTENT_CHANNELS:], logdet
+
+    def decode_hr(self, z_c: torch.Tensor, z_h: torch.Tensor) -> torch.Tensor:
+        return self.f_hr.inverse(torch.cat([z_c, z_h], dim=1))[0]
+
+    def hr_log_density(self, y: torch.Tensor) -> torch.Tensor:
+        """log p(y) in nats per image: logdet f_HR + logdet f_HF + log N(f_HF(z_h; z_c); 0, I)."""
+        z_c, z_h, logdet = self.encode_hr(y)
+        # f_HF must not shape the content: the gradient stops at z_c.
+        _, logdet_hf = self.f_hf(z_h, z_c.detach())
+        return logdet + logdet_hf
+
+    def hr_log_likelihood(self, y: torch.Tensor) -> torch.Tensor:
+        """log2 p(y) per dimension (bits/dim; the NLL is its negative), for images in [-1, 1]."""
+        return _bits_per_dim(self.hr_log_density(y), y)
+
+    # ----- the LR side ---------------------------------------------------------------------
+
+    def content(self, x: torch.Tensor) -> torch.Tensor:
+        """The content extractor E(x)."""
+        return self.content_extractor(x)
+
+    def lr_log_density(self, x: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """log p(x | z_c) in nats per image, with z_c = E(x) unless `content` is given."""
+        z_c = self.content(x) if content is None else content
+        z_lr, logdet = self.f_lr(x)
+        z, logdet_deg = self.f_deg(z_lr - z_c, z_c)
+        return logdet + logdet_deg + self.deg_prior.log_prob(z)
+
+    def lr_log_likelihood(self, x: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """log2 p(x | E(x)) per dimension (bits/dim)."""
+        return _bits_per_dim(self.lr_log_density(x, content), x)
+
+    # ----- sampling ------------------------------------------------------------------------
+
+    def super_resolve(self, lr: torch.Tensor, tau: float = 0.8,
+                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(tau * eps; z_c)]), z_c = E(lr)."""
+        _check_image(lr, "lr")
+        z_c = self.content(lr)
+        z_h = self.f_hf.sample(z_c, HF_CHANNELS, tau, generator)
+        return self.decode_hr(z_c, z_h)
+
+    def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
+        """z_c of an HR image whose sides are multiples of 8."""
+        return self.f_hr(hr)[0][:, :CONTENT_CHANNELS]
+
+    def downscale(self, hr: torch.Tensor, tau: float = 0.8,
+                  component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
+                  deg_latent: Optional[torch.Tensor] = None,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """[B,3,H,W] -> [B,3,ceil(H/4),ceil(W/4)]: x = f_LR^-1(z_c + f_Deg^-1(z'_d; z_c)).
+
+        Any size works: the image is padded (edge replication) to a multiple of 8 and the result
+        cropped back. `component` restricts the mixture components drawn from, `sampler` is
+        "image" (one component per image, the authors' sampler) or "element"; `deg_latent`
+        gives z'_d directly (its spatial size must match the padded image / 8).
+        """
+        _check_image(hr, "hr")
+        h, w = hr.shape[-2:]
+        ph, pw = (-h) % HR_MULTIPLE, (-w) % HR_MULTIPLE
+        if ph or pw:
+            hr = F.pad(hr, (0, pw, 0, ph), mode="replicate")
+        z_c = self.hr_content(hr)
+        if deg_latent is None:
+            shape = self.f_deg.latent_shape(z_c, CONTENT_CHANNELS)
+            deg_latent = self.deg_prior.sample(shape, tau, component, sampler, generator).to(z_c.dtype)
+        z_d = self.f_deg.inverse(deg_latent, z_c)[0]
+        x = self.f_lr.inverse(z_c + z_d)[0]
+        return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+
+def _bits_per_dim(log_density: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # Images live in [-1, 1]: one 8-bit level is 2/255 wide, so log p of the 8-bit image is
+    # log p(x) + D * log(2/255); bits/dim are then comparable with the usual 8-bit figures.
+    dims = x[0].numel()
+    return (log_density + dims * math.log(2.0 / 255.0)) / (dims * math.log(2.0))
+
+
+def _check_image(x: torch.Tensor, name: str) -> None:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got shape {tuple(x.shape)}")
