@@ -18,6 +18,9 @@ CONTENT_CHANNELS = 3
 HF_CHANNELS = 45
 # f_HR squeezes twice and f_Deg once more at LR size: HR sides must be multiples of 8.
 HR_MULTIPLE = 8
+# f_Deg's reflect-padded convolutions run at HR/8 and need 2 pixels there; E's need 2 LR pixels.
+MIN_HR_SIDE = 16
+MIN_LR_SIDE = 2
 
 
 class SDFlow(nn.Module):
@@ -92,9 +95,12 @@ class SDFlow(nn.Module):
                       generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(tau * eps; z_c)]), z_c = E(lr)."""
         _check_image(lr, "lr")
+        h, w = lr.shape[-2:]
+        # Reflect padding inside the networks needs at least 2 pixels per side.
+        lr = _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
         z_c = self.content(lr)
         z_h = self.f_hf.sample(z_c, HF_CHANNELS, tau, generator)
-        return self.decode_hr(z_c, z_h)
+        return self.decode_hr(z_c, z_h)[..., :SCALE * h, :SCALE * w]
 
     def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
         """z_c of an HR image whose sides are multiples of 8."""
@@ -106,16 +112,14 @@ class SDFlow(nn.Module):
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """[B,3,H,W] -> [B,3,ceil(H/4),ceil(W/4)]: x = f_LR^-1(z_c + f_Deg^-1(z'_d; z_c)).
 
-        Any size works: the image is padded (edge replication) to a multiple of 8 and the result
-        cropped back. `component` restricts the mixture components drawn from, `sampler` is
+        Any size works: the image is padded (edge replication) to a multiple of 8 (and at least
+        16) and the result cropped back. `component` restricts the mixture components drawn from, `sampler` is
         "image" (one component per image, the authors' sampler) or "element"; `deg_latent`
         gives z'_d directly (its spatial size must match the padded image / 8).
         """
         _check_image(hr, "hr")
         h, w = hr.shape[-2:]
-        ph, pw = (-h) % HR_MULTIPLE, (-w) % HR_MULTIPLE
-        if ph or pw:
-            hr = F.pad(hr, (0, pw, 0, ph), mode="replicate")
+        hr = _pad_to(hr, _round_up(max(h, MIN_HR_SIDE), HR_MULTIPLE), _round_up(max(w, MIN_HR_SIDE), HR_MULTIPLE))
         z_c = self.hr_content(hr)
         if deg_latent is None:
             shape = self.f_deg.latent_shape(z_c, CONTENT_CHANNELS)
@@ -133,6 +137,16 @@ def _bits_per_dim(log_density: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     # log p(x) + D * log(2/255); bits/dim are then comparable with the usual 8-bit figures.
     dims = x[0].numel()
     return (log_density + dims * math.log(2.0 / 255.0)) / (dims * math.log(2.0))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pad bottom/right by edge replication up to (h, w); a no-op when already that size."""
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
 def _check_image(x: torch.Tensor, name: str) -> None:
