@@ -16,6 +16,7 @@ COMMANDS = [
     ("sr", "infer", "super-resolve images x4"),
     ("ds", "infer", "downscale images x4 realistically"),
     ("convert", "convert", "convert the authors' .pth checkpoints into one .safetensors file"),
+    ("degrade", "degrade", "make degraded LR / paired test sets from HR photos"),
 ]
 
 
