@@ -17,10 +17,13 @@ COMMANDS = [
     ("ds", "infer", "downscale images x4 realistically"),
     ("convert", "convert", "convert the authors' .pth checkpoints into one .safetensors file"),
     ("degrade", "degrade", "make degraded LR / paired test sets from HR photos"),
+    ("train", "train", "train SDFlow on unpaired HR and LR folders"),
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str = None) -> argparse.ArgumentParser:
+    """The parser; only the module of `command` (if given) is imported and registers its real
+    sub-parser, the others appear as stubs carrying their help line."""
     from sdflow import __version__
 
     parser = argparse.ArgumentParser(
@@ -30,17 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sdflow {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    registered = set()
     for name, module, _ in COMMANDS:
-        if module in registered:
-            continue
-        registered.add(module)
-        importlib.import_module(f"sdflow.commands.{module}").register(sub)
+        if name == command:
+            importlib.import_module(f"sdflow.commands.{module}").register(sub)
+    for name, _, help_line in COMMANDS:
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
