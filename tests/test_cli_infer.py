@@ -1,6 +1,8 @@
-"""`sdflow sr` / `sdflow ds` end to end with a tiny random model."""
+"""`sdflow sr` / `sdflow ds` end to end: a tiny random model saved to disk, the real CLI."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,119 +10,291 @@ import torch
 from PIL import Image as PILImage
 
 from sdflow.cli import main
+from sdflow.commands import infer as infer_cmd
+from sdflow.imageio import decode_png, downscale_alpha, encode_png, quantize, read_image, upscale_alpha
+from sdflow.model import SDFlow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a shared 2-core machine torch's
+    # spinning worker threads slow these tests down by an order of magnitude.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def save(path, h, w, mode="RGB", seed=0, **kw):
-    rng = np.random.default_rng(seed)
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    arr = (rng.random((h, w, channels)) * 255).astype(np.uint8)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1, "LA": 2}[mode]
+    arr = np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
     path.parent.mkdir(parents=True, exist_ok=True)
     PILImage.fromarray(arr[..., 0] if channels == 1 else arr).save(path, **kw)
     return path
 
 
-def sr(*args):
-    return main(["sr", "-q", *map(str, args)])
+def sdflow(*args):
+    return main([str(a) for a in args])
 
 
-def test_sr_and_ds_sizes(tmp_path, tiny_model_path):
-    src = save(tmp_path / "in" / "a.png", 37, 45)
-    assert sr("-i", src, "-o", tmp_path / "out", "--model", tiny_model_path) == 0
-    assert PILImage.open(tmp_path / "out" / "a_sr.png").size == (180, 148)
-    jpg = save(tmp_path / "in" / "b.jpg", 150, 202)
-    assert main(["ds", "-q", "-i", str(jpg), "-o", str(tmp_path / "out"), "--model", str(tiny_model_path)]) == 0
+def files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file())
+
+
+# ----- sizes, formats, modes --------------------------------------------------------------------
+
+def test_sr_and_ds_sizes_and_formats(tmp_path, tiny_model_path):
+    a = save(tmp_path / "a.png", 37, 45)
+    assert sdflow("sr", "-q", "-i", a, "-o", tmp_path / "out", "--model", tiny_model_path) == 0
+    out = PILImage.open(tmp_path / "out" / "a_sr.png")
+    assert (out.format, out.mode, out.size) == ("PNG", "RGB", (180, 148))
+
+    b = save(tmp_path / "b.jpg", 150, 202, quality=92)
+    assert sdflow("ds", "-q", "-i", b, "-o", tmp_path / "out", "--model", tiny_model_path) == 0
     out = PILImage.open(tmp_path / "out" / "b_ds.jpg")
-    assert out.size == (51, 38) and out.format == "JPEG"
+    assert (out.format, out.mode, out.size) == ("JPEG", "RGB", (51, 38))
+
+    assert sdflow("ds", "-q", "-i", b, "-o", tmp_path / "out", "--model", tiny_model_path,
+                  "--ext", "png", "--suffix", "lr") == 0
+    assert PILImage.open(tmp_path / "out" / "b_lr.png").size == (51, 38)
 
 
-def test_modes_are_kept(tmp_path, tiny_model_path):
-    save(tmp_path / "in" / "g.png", 12, 10, "L")
-    save(tmp_path / "in" / "t.png", 12, 10, "RGBA", seed=1)
-    assert sr("-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path) == 0
-    g = PILImage.open(tmp_path / "out" / "g_sr.png")
-    t = PILImage.open(tmp_path / "out" / "t_sr.png")
-    assert g.mode == "L" and g.size == (40, 48)
-    assert t.mode == "RGBA" and t.size == (40, 48)
-    # Alpha is upscaled from the input's, not invented.
-    src_alpha = np.asarray(PILImage.open(tmp_path / "in" / "t.png"))[..., 3].mean()
-    assert abs(np.asarray(t)[..., 3].mean() - src_alpha) < 8
+def test_grayscale_and_alpha_are_kept(tmp_path, tiny_model_path):
+    src = tmp_path / "in"
+    save(src / "g.png", 12, 10, "L")
+    save(src / "gj.jpg", 12, 10, "L", seed=1)
+    save(src / "t.png", 12, 10, "RGBA", seed=2)
+    save(src / "la.png", 12, 10, "LA", seed=3)
+    for mode, size, resize_alpha in [("sr", (40, 48), upscale_alpha), ("ds", (3, 3), downscale_alpha)]:
+        out = tmp_path / mode
+        assert sdflow(mode, "-q", "-i", src, "-o", out, "--model", tiny_model_path) == 0
+        got = {p.stem.rsplit("_", 1)[0]: PILImage.open(p) for p in out.iterdir()}
+        assert {k: (v.mode, v.format) for k, v in got.items()} == {
+            "g": ("L", "PNG"), "gj": ("L", "JPEG"), "t": ("RGBA", "PNG"), "la": ("LA", "PNG")}
+        assert all(v.size == size for v in got.values())
+        for name in ("t", "la"):
+            # The alpha written is exactly the input's alpha resized onto the model's grid.
+            expected = quantize(resize_alpha(read_image(src / f"{name}.png").alpha))
+            assert np.array_equal(np.asarray(got[name])[..., -1], expected)
 
 
-def test_16_bit_in_16_bit_out(tmp_path, tiny_model_path):
-    import png
-
-    data = (np.random.default_rng(0).random((8, 8, 3)) * 65535).astype(np.uint16)
+def test_16_bit_png_in_gives_16_bit_png_out(tmp_path, tiny_model_path):
+    rng = np.random.default_rng(0)
     (tmp_path / "in").mkdir()
-    with open(tmp_path / "in" / "d.png", "wb") as f:
-        png.Writer(8, 8, greyscale=False, bitdepth=16).write(f, data.reshape(8, -1))
-    assert sr("-i", tmp_path / "in" / "d.png", "-o", tmp_path / "out", "--model", tiny_model_path) == 0
-    w, h, _, info = png.Reader(filename=str(tmp_path / "out" / "d_sr.png")).asDirect()
-    assert (w, h, info["bitdepth"], info["greyscale"]) == (32, 32, 16, False)
+    c16_in = rng.integers(0, 65536, (8, 9, 3), dtype=np.uint16)
+    (tmp_path / "in" / "c16.png").write_bytes(encode_png(c16_in))
+    PILImage.fromarray(rng.integers(0, 65536, (8, 9), dtype=np.uint16)).save(tmp_path / "in" / "g16.png")
+    assert sdflow("sr", "-q", "-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path) == 0
+
+    c16, _ = decode_png((tmp_path / "out" / "c16_sr.png").read_bytes())
+    assert c16.shape == (32, 36, 3)
+    g16 = PILImage.open(tmp_path / "out" / "g16_sr.png")
+    assert g16.mode == "I;16" and g16.size == (36, 32)
+    for samples in (c16, np.asarray(g16)):
+        # Real 16-bit levels, not 8-bit values stretched (those would all be multiples of 257).
+        assert (samples % 257 != 0).mean() > 0.5
+
+    assert sdflow("sr", "-q", "-i", tmp_path / "in" / "c16.png", "-o", tmp_path / "jpg", "--ext", "jpg",
+                  "--model", tiny_model_path) == 0
+    assert PILImage.open(tmp_path / "jpg" / "c16_sr.jpg").mode == "RGB"
 
 
-def test_bad_file_is_reported_and_others_done(tmp_path, tiny_model_path, capsys):
-    save(tmp_path / "in" / "good1.png", 8, 8)
-    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    save(tmp_path / "in" / "sub" / "good2.jpg", 8, 8)
-    assert sr("-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path) == 1
-    assert (tmp_path / "out" / "good1_sr.png").is_file()
-    assert (tmp_path / "out" / "sub" / "good2_sr.jpg").is_file()  # sub-folder kept
-    assert not (tmp_path / "out" / "broken_sr.png").exists()
-    assert "broken.png" in capsys.readouterr().err
+def test_results_are_rounded_not_truncated(tmp_path, tiny_model_path, monkeypatch):
+    # Levels 0.6, 100.52, 254.6 of 255: rounding gives 1, 101, 255; truncation would give 0, 100, 254.
+    value = torch.tensor([0.6, 100.52, 254.6]) / 255
+
+    def constant(self, lr, tau=0.8, generator=None):
+        h, w = lr.shape[-2:]
+        return (value * 2 - 1).view(1, 3, 1, 1).expand(1, 3, 4 * h, 4 * w).to(lr.dtype)
+
+    monkeypatch.setattr(SDFlow, "super_resolve", constant)
+    save(tmp_path / "a.png", 3, 4)
+    assert sdflow("sr", "-q", "-i", tmp_path / "a.png", "-o", tmp_path / "out",
+                  "--model", tiny_model_path) == 0
+    out = np.asarray(PILImage.open(tmp_path / "out" / "a_sr.png"))
+    assert out.shape == (12, 16, 3) and (out == [1, 101, 255]).all()
 
 
-def test_samples_seeds_and_names(tmp_path, tiny_model_path):
-    src = save(tmp_path / "a.png", 8, 8)
-    args = ["-i", src, "--model", tiny_model_path, "--samples", "3", "--tau", "1.0"]
-    assert sr(*args, "-o", tmp_path / "o1", "--seed", "5") == 0
-    assert sr(*args, "-o", tmp_path / "o2", "--seed", "5") == 0
-    assert sr(*args, "-o", tmp_path / "o3", "--seed", "6", "--suffix", "") == 0
-    names = sorted(p.name for p in (tmp_path / "o1").iterdir())
-    assert names == ["a_sr_0.png", "a_sr_1.png", "a_sr_2.png"]
-    o1 = [(tmp_path / "o1" / n).read_bytes() for n in names]
-    assert len(set(o1)) == 3  # diverse
-    assert o1 == [(tmp_path / "o2" / n).read_bytes() for n in names]  # same seed, same bytes
-    # Seeds are per sample: seed 6's sample 0 is seed 5's sample 1.
-    assert (tmp_path / "o3" / "a_0.png").read_bytes() == o1[1]
+# ----- failures -----------------------------------------------------------------------------------
+
+def test_bad_files_are_named_and_the_rest_is_done(tmp_path, tiny_model_path, capsys):
+    src = tmp_path / "in"
+    save(src / "good1.png", 8, 8)
+    good = save(src / "sub" / "good2.jpg", 40, 40)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (src / "sub" / "cut.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (src / "empty.webp").write_bytes(b"")
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "out", "--model", tiny_model_path) == 1
+    assert files(tmp_path / "out") == ["good1_sr.png", "sub/good2_sr.jpg"]
+    captured = capsys.readouterr()
+    for name in ("broken.png", "cut.jpg", "empty.webp"):
+        assert name in captured.err  # reported when it happens
+        assert name in captured.out  # and in the final summary
+    assert "3 failed" in captured.out and "good1" not in captured.err
 
 
-def test_ds_component_and_sampler(tmp_path, tiny_model_path):
-    src = save(tmp_path / "h.png", 32, 32)
-    base = ["ds", "-q", "-i", str(src), "--model", str(tiny_model_path), "--tau", "0"]
-    assert main(base + ["-o", str(tmp_path / "k0"), "--component", "0"]) == 0
-    assert main(base + ["-o", str(tmp_path / "k1"), "--component", "1"]) == 0
-    assert main(base + ["-o", str(tmp_path / "el"), "--sampler", "element", "--component", "0", "1"]) == 0
-    a = np.asarray(PILImage.open(tmp_path / "k0" / "h_ds.png"), dtype=float)
-    b = np.asarray(PILImage.open(tmp_path / "k1" / "h_ds.png"), dtype=float)
-    assert a.shape == (8, 8, 3) and np.abs(a - b).max() > 0
-    assert main(base + ["-o", str(tmp_path / "x"), "--component", "99"]) == 2
+def test_non_finite_output_fails_that_file_by_name(tmp_path, tiny_model_path, monkeypatch, capsys):
+    real = SDFlow.super_resolve
 
+    def flaky(self, lr, tau=0.8, generator=None):
+        y = real(self, lr, tau=tau, generator=generator)
+        if lr.shape[-1] == 9:
+            return y * float("nan")
+        if lr.shape[-1] == 7:
+            raise RuntimeError("out of memory (simulated)")
+        if lr.shape[-1] == 6 and generator.initial_seed() == 1:  # sample 1 only
+            return y.masked_fill(y > 0, float("inf"))
+        return y
 
-def test_non_finite_output_fails_by_name(tmp_path, tiny_model_path, monkeypatch, capsys):
-    from sdflow.model import SDFlow
-
-    save(tmp_path / "in" / "n.png", 8, 8)
-    monkeypatch.setattr(SDFlow, "super_resolve", lambda self, x, **kw: torch.full(
-        (1, 3, 32, 32), float("nan")))
-    assert sr("-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path) == 1
+    monkeypatch.setattr(SDFlow, "super_resolve", flaky)
+    save(tmp_path / "in" / "fine.png", 8, 8)
+    save(tmp_path / "in" / "nan.png", 8, 9)
+    save(tmp_path / "in" / "oom.png", 8, 7)
+    save(tmp_path / "in" / "one_bad_sample.png", 8, 6)
+    assert sdflow("sr", "-q", "-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path,
+                  "--samples", "3") == 1
+    # No NaN file and nothing written in its place; the good samples of a partly failed image stay.
+    assert files(tmp_path / "out") == ["fine_sr_0.png", "fine_sr_1.png", "fine_sr_2.png",
+                                       "one_bad_sample_sr_0.png", "one_bad_sample_sr_2.png"]
     err = capsys.readouterr().err
-    assert "n.png" in err and "non-finite" in err
-    assert not (tmp_path / "out" / "n_sr.png").exists()
+    assert "fine.png" not in err
+    lines = {line.split(": ", 1)[0].rsplit("/", 1)[-1]: line for line in err.splitlines()
+             if line.startswith("FAILED")}
+    assert set(lines) == {"nan.png", "oom.png", "one_bad_sample.png"}
+    assert "not finite" in lines["nan.png"] and "NaN" in lines["nan.png"]
+    assert "out of memory" in lines["oom.png"]
+    assert "sample 1" in lines["one_bad_sample.png"] and "Inf" in lines["one_bad_sample.png"]
+    assert "sample 0" not in lines["one_bad_sample.png"]
 
 
-def test_usage_errors(tmp_path, tiny_model_path):
-    assert sr("-i", tmp_path / "missing", "-o", tmp_path / "out", "--model", tiny_model_path) == 2
-    src = save(tmp_path / "a.png", 8, 8)
-    assert sr("-i", src, "-o", tmp_path / "out", "--model", tmp_path / "nomodel.safetensors") == 2
-    # Writing next to the input without a suffix would overwrite it.
-    assert sr("-i", src, "-o", tmp_path, "--model", tiny_model_path, "--suffix", "", "--ext", "png") == 1
-    assert (tmp_path / "a.png").is_file()
+def test_outputs_that_collide_fail_both_inputs(tmp_path, tiny_model_path, capsys):
+    src = tmp_path / "in"
+    save(src / "a.png", 8, 8)
+    save(src / "a.jpg", 8, 8, seed=1)
+    save(src / "b.png", 8, 8, seed=2)
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "out", "--model", tiny_model_path,
+                  "--ext", "png") == 1
+    assert files(tmp_path / "out") == ["b_sr.png"]
+    out = capsys.readouterr().out
+    assert "a.png" in out and "a.jpg" in out
+    # With ext auto the two keep their own formats and do not collide.
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "auto", "--model", tiny_model_path) == 0
+    assert files(tmp_path / "auto") == ["a_sr.jpg", "a_sr.png", "b_sr.png"]
+
+
+def test_usage_errors_exit_2(tmp_path, tiny_model_path, capsys):
+    a = save(tmp_path / "a.png", 8, 8)
+    before = a.read_bytes()
+    common = ["-o", tmp_path / "out", "--model", tiny_model_path]
+    assert sdflow("sr", "-i", tmp_path / "missing.png", *common) == 2
+    (tmp_path / "empty").mkdir()
+    assert sdflow("sr", "-i", tmp_path / "empty", *common) == 2
+    assert sdflow("sr", "-i", a, "-o", tmp_path / "out", "--model", tmp_path / "no.safetensors") == 2
+    assert sdflow("ds", "-i", a, *common, "--component", "0", "99") == 2
+    assert sdflow("sr", "-i", a, "-o", a, "--model", tiny_model_path) == 2  # -o is a file
+    # Same folder, no suffix: the output would replace the input.
+    assert sdflow("sr", "-i", a, "-o", tmp_path, "--model", tiny_model_path, "--suffix", "") == 2
+    assert a.read_bytes() == before
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "no image files" in err and "no.safetensors" in err
+    assert "99" in err and "overwrite" in err and "not a folder" in err
+    for bad in (["--samples", "0"], ["--tau", "-1"], ["--tau", "nan"], ["--seed", "x"]):
+        with pytest.raises(SystemExit) as e:
+            sdflow("sr", "-i", a, *common, *bad)
+        assert e.value.code == 2
+    assert not (tmp_path / "out").exists()  # nothing was written by any of these
+
+
+def test_default_model_is_plugged_in_at_one_place(tmp_path, tiny_model_path, capsys, monkeypatch):
+    a = save(tmp_path / "a.png", 8, 8)
+    assert sdflow("sr", "-i", a, "-o", tmp_path / "out") == 2
+    assert "no --model given and no bundled model" in capsys.readouterr().err
+    monkeypatch.setattr(infer_cmd, "default_model_source", lambda: tiny_model_path)
+    assert sdflow("sr", "-q", "-i", a, "-o", tmp_path / "out") == 0
+    assert (tmp_path / "out" / "a_sr.png").is_file()
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert infer_cmd.resolve_device("auto").type == "cpu"
+    with pytest.raises(ValueError, match="CUDA"):
+        infer_cmd.resolve_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert infer_cmd.resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert infer_cmd.resolve_device("auto").type == "cuda"
+
+
+# ----- names, seeds, folders ------------------------------------------------------------------------
+
+def test_samples_names_and_seeds(tmp_path, tiny_model_path):
+    a = save(tmp_path / "a.png", 8, 8)
+
+    def run(out, *extra):
+        assert sdflow("sr", "-q", "-i", a, "-o", tmp_path / out, "--model", tiny_model_path, *extra) == 0
+        return {p.name: p.read_bytes() for p in sorted((tmp_path / out).iterdir())}
+
+    s5 = run("s5", "--samples", "3", "--seed", "5")
+    assert list(s5) == ["a_sr_0.png", "a_sr_1.png", "a_sr_2.png"]
+    assert len(set(s5.values())) == 3                                  # three distinct samples
+    assert run("s5_again", "--samples", "3", "--seed", "5") == s5      # same seed: same bytes
+    s6 = run("s6", "--samples", "3", "--seed", "6", "--suffix", "")
+    assert list(s6) == ["a_0.png", "a_1.png", "a_2.png"]
+    assert not set(s6.values()) & {s5["a_sr_0.png"]}                    # other seed: other samples
+    assert s6["a_0.png"] == s5["a_sr_1.png"]                            # sample k uses seed + k
+    assert run("one", "--seed", "5") == {"a_sr.png": s5["a_sr_0.png"]}  # N = 1 is sample 0
+
+
+def test_folders_are_mirrored_and_order_does_not_matter(tmp_path, tiny_model_path):
+    src = tmp_path / "in"
+    for rel in ["z.png", "sub/b.png", "sub/deeper/c.JPG", "Sub2/d.bmp", ".hidden/e.png"]:
+        save(src / rel, 8, 8, seed=len(rel))
+    assert sdflow("ds", "-q", "-i", src, "-o", tmp_path / "out", "--model", tiny_model_path) == 0
+    assert files(tmp_path / "out") == ["Sub2/d_ds.png", "sub/b_ds.png", "sub/deeper/c_ds.jpg", "z_ds.png"]
+    # A file's output does not depend on the other files of the batch.
+    assert sdflow("ds", "-q", "-i", src / "sub" / "b.png", "-o", tmp_path / "alone",
+                  "--model", tiny_model_path) == 0
+    alone = (tmp_path / "alone" / "b_ds.png").read_bytes()
+    assert alone == (tmp_path / "out" / "sub" / "b_ds.png").read_bytes()
+
+
+def test_output_folder_inside_input_folder_is_not_reprocessed(tmp_path, tiny_model_path):
+    src = tmp_path / "in"
+    save(src / "a.png", 8, 8)
+    for _ in range(2):
+        assert sdflow("sr", "-q", "-i", src, "-o", src / "out", "--model", tiny_model_path) == 0
+    assert files(src) == ["a.png", "out/a_sr.png"]
+
+
+def test_ds_components_sampler_and_precision(tmp_path, tiny_model_path):
+    a = save(tmp_path / "h.png", 32, 32)
+
+    def run(out, *extra):
+        assert sdflow("ds", "-q", "-i", a, "-o", tmp_path / out, "--model", tiny_model_path, *extra) == 0
+        return np.asarray(PILImage.open(tmp_path / out / "h_ds.png"), dtype=np.int64)
+
+    k0, k1 = run("k0", "--component", "0"), run("k1", "--component", "1")
+    assert k0.shape == (8, 8, 3) and np.abs(k0 - k1).max() > 0
+    assert np.array_equal(run("k0_again", "--component", "0"), k0)
+    element = run("el", "--sampler", "element", "--component", "0", "1")
+    assert element.shape == (8, 8, 3) and not np.array_equal(element, k0)
+    # fp64 arithmetic gives the same picture up to a rounding flip. At tau 0 the latent is the
+    # component's mean: the Gaussian noise, drawn differently for float64, plays no part.
+    mode32 = run("mode32", "--component", "0", "--tau", "0")
+    mode64 = run("mode64", "--component", "0", "--tau", "0", "--precision", "fp64")
+    assert np.abs(mode64 - mode32).max() <= 1
 
 
 def test_console_script(tmp_path, tiny_model_path):
-    src = save(tmp_path / "a.png", 8, 8)
-    exe = [sys.executable, "-m", "sdflow"]
-    r = subprocess.run(exe + ["sr", "-i", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path)],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "1 file(s) written" in r.stdout and (tmp_path / "o" / "a_sr.png").is_file()
+    exe = Path(sys.executable).with_name("sdflow")
+    assert exe.is_file(), "the sdflow console script is not installed next to this Python"
+    a = save(tmp_path / "in" / "a.png", 8, 8)
+    (tmp_path / "in" / "bad.png").write_text("nope")
+    r = subprocess.run([str(exe), "sr", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                        "--model", str(tiny_model_path)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1, r.stderr
+    assert (tmp_path / "out" / "a_sr.png").is_file() and a.is_file()
+    assert "bad.png" in r.stdout and "1 of 2 image(s) done" in r.stdout
+    assert "100%" in r.stderr  # the progress bar

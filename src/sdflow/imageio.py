@@ -1,191 +1,487 @@
-"""Reading and writing images for the model: modes, bit depths and alpha handled explicitly.
+"""Reading and writing images for inference: Pillow, plus a small PNG codec for 16-bit colour.
 
-The model sees RGB in [-1, 1]. What the input was (grayscale, alpha, 16-bit) travels beside it in
-`Image`, so that the output can be written back in the same kind.
+An image is read into `Image`: `rgb` float32 HxWx3 in [0, 1] (grayscale replicated to three
+channels, because the model always takes RGB), `alpha` float32 HxW in [0, 1] or None, and what is
+needed to write the result back in the same kind: `grayscale`, `bit_depth` (8 or 16).
+
+Pillow decodes 16-bit grayscale correctly (mode I;16) but silently reduces 16-bit RGB, RGBA and
+gray+alpha PNGs to 8 bits and cannot write them at all, so those PNGs go through `decode_png` /
+`encode_png` here. 16-bit colour from other formats (TIFF) arrives as 8 bits, as Pillow gives it.
+ICC profiles are ignored: pixel values are taken as they are stored.
+
+Writing clamps to [0, 1] and rounds half up to the nearest level (the authors' script truncated,
+which darkens every image by half a level on average).
 """
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
+from PIL import Image as PILImage
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
-# Beyond this, Pillow's decompression-bomb guard would refuse the file anyway; say so clearly.
-MAX_PIXELS = 20000 * 20000
+__all__ = ["IMAGE_EXTENSIONS", "WRITE_EXTENSIONS", "Image", "ImageReadError", "read_image",
+           "write_image", "find_images", "quantize", "luminance", "to_tensor", "from_tensor",
+           "upscale_alpha", "downscale_alpha", "decode_png", "encode_png"]
+
+PathLike = Union[str, os.PathLike]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+WRITE_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+JPEG_QUALITY = 95
+
+_ORIENTATION_TAG = 0x0112
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Rec. 601 luma, the weights Pillow uses for RGB -> L, so a grayscale result matches what any
+# viewer would show for the model's RGB output.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+# PNG colour type -> channels; palette images (3) are never 16-bit.
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+# Adam7 passes: (x0, y0, dx, dy).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))
 
 
 class ImageReadError(Exception):
-    """An input that cannot be used; the message names the file and the reason."""
+    """A file that cannot be read as an image; the message names the file and the reason."""
+
+    def __init__(self, path: PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
 
 
 @dataclass
 class Image:
-    rgb: np.ndarray                   # H x W x 3 float32 in [0, 1]
-    alpha: Optional[np.ndarray]       # H x W float32 in [0, 1], or None
-    grayscale: bool
-    bit_depth: int                    # 8 or 16
+    rgb: np.ndarray                      # float32 HxWx3 in [0, 1]
+    alpha: Optional[np.ndarray] = None   # float32 HxW in [0, 1]
+    grayscale: bool = False
+    bit_depth: int = 8                   # 8 or 16 bits per channel as stored
     path: Optional[Path] = None
+    format: Optional[str] = None         # Pillow's name for the file format: PNG, JPEG, ...
 
     @property
-    def size(self):
+    def size(self) -> Tuple[int, int]:
+        """(width, height), as Pillow gives it."""
         return self.rgb.shape[1], self.rgb.shape[0]
 
+    @property
+    def height(self) -> int:
+        return self.rgb.shape[0]
 
-def find_images(source: Path) -> List[Path]:
-    """A file, or every image below a folder (recursive, sorted, hidden files skipped)."""
-    source = Path(source)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"no such file or folder: {source}")
-    found = []
-    for root, dirs, files in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(root) / f for f in files
-                  if not f.startswith(".") and f.lower().endswith(EXTENSIONS)]
-    return sorted(found)
+    @property
+    def width(self) -> int:
+        return self.rgb.shape[1]
 
 
-def read_image(path: Path) -> Image:
-    from PIL import Image as PILImage
-    from PIL import ImageOps, UnidentifiedImageError
+# ----- reading ----------------------------------------------------------------------------------
 
+def read_image(path: PathLike) -> Image:
+    """Decode `path` (PNG, JPEG, WebP, BMP, TIFF) with its EXIF orientation applied.
+
+    Raises ImageReadError for missing, empty, truncated, corrupt or unsupported files.
+    Multi-frame files give their first frame.
+    """
     path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if not path.is_file():
+        raise ImageReadError(path, "not a file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        if _png_is_16bit_colour(path):
-            return _read_png16(path)
         with PILImage.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageReadError(f"{path}: {im.width}x{im.height} is larger than the "
-                                     f"{MAX_PIXELS:,}-pixel limit")
+            # Decode now: Pillow is lazy, and a truncated file must fail here, not later.
             im.load()
-            im = ImageOps.exif_transpose(im)
-            return _from_pil(im, path)
+            fmt = im.format
+            orientation = _orientation(im)
+            png16 = _png16_colour(path) if fmt == "PNG" else False
+            if png16:
+                color, alpha, gray = _read_png16(path)
+                depth = 16
+            else:
+                color, alpha, gray, depth = _pixels(im, path)
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, PILImage.DecompressionBombError) as e:
-        raise ImageReadError(f"{path}: cannot decode ({e})") from None
+    except PILImage.UnidentifiedImageError:
+        raise ImageReadError(path, "not an image, or a format Pillow cannot read") from None
+    except PILImage.DecompressionBombError as e:
+        raise ImageReadError(path, f"image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
+        raise ImageReadError(path, f"cannot decode ({type(e).__name__}: {e})") from None
+    color = _orient(color, orientation)
+    alpha = None if alpha is None else _orient(alpha, orientation)
+    if color.ndim == 2:
+        color = np.repeat(color[..., None], 3, axis=2)
+    return Image(rgb=np.ascontiguousarray(color, dtype=np.float32),
+                 alpha=None if alpha is None else np.ascontiguousarray(alpha, dtype=np.float32),
+                 grayscale=gray, bit_depth=depth, path=path, format=fmt)
 
 
-def _from_pil(im, path) -> Image:
+def _orientation(im: PILImage.Image) -> int:
+    try:
+        value = int(im.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - broken metadata must not make a good picture unreadable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(a: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 1..8 to an HxW[xC] array (the transforms of ImageOps.exif_transpose)."""
+    if orientation == 2:
+        return a[:, ::-1]
+    if orientation == 3:
+        return a[::-1, ::-1]
+    if orientation == 4:
+        return a[::-1]
+    if orientation == 5:
+        return a.swapaxes(0, 1)
+    if orientation == 6:
+        return np.rot90(a, -1)
+    if orientation == 7:
+        return a[::-1, ::-1].swapaxes(0, 1)
+    if orientation == 8:
+        return np.rot90(a, 1)
+    return a
+
+
+def _pixels(im: PILImage.Image, path: Path):
+    """(colour HxW or HxWx3, alpha or None, grayscale, bit depth) of a decoded Pillow image,
+    values as float32 in [0, 1]."""
     mode = im.mode
-    if im.width == 0 or im.height == 0:
-        raise ImageReadError(f"{path}: empty image")
-    if mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64)
-        # 16-bit grayscale PNGs arrive as I;16 (or I with values up to 65535).
-        gray = np.clip(arr / 65535.0, 0, 1).astype(np.float32)
-        return Image(np.repeat(gray[..., None], 3, axis=2), None, True, 16, path)
     if mode == "F":
-        gray = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
-        return Image(np.repeat(gray[..., None], 3, axis=2), None, True, 16, path)
-    if mode in ("1", "L", "LA"):
-        la = im.convert("LA")
-        arr = np.asarray(la, dtype=np.float32) / 255.0
-        alpha = arr[..., 1] if mode == "LA" else None
-        return Image(np.repeat(arr[..., :1], 3, axis=2), alpha, True, 8, path)
-    if mode in ("RGBA", "RGBa", "PA"):
-        arr = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        return Image(arr[..., :3], arr[..., 3], False, 8, path)
-    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    return Image(arr, None, False, 8, path)
+        # Float TIFFs have no agreed white level (1.0? 255? 65535?): refuse rather than guess.
+        raise ImageReadError(path, "32-bit floating-point images are not supported")
+    key = im.info.get("transparency")
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # Pillow opens 16-bit grayscale as I;16 (or I for some TIFFs): 16 bits per sample.
+        raw = np.asarray(im).astype(np.int64)
+        alpha = _key_alpha(raw, key)
+        return (np.clip(raw, 0, 65535) / 65535.0).astype(np.float32), alpha, True, 16
+    if mode == "P" or mode == "PA":
+        target = "RGBA" if (mode == "PA" or key is not None
+                            or (im.palette is not None and im.palette.mode == "RGBA")) else "RGB"
+        im, mode, key = im.convert(target), target, None
+    elif mode == "1":
+        im, mode = im.convert("L"), "L"
+    elif mode == "La":
+        im, mode = im.convert("LA"), "LA"
+    elif mode == "RGBa":  # premultiplied alpha
+        im, mode = im.convert("RGBA"), "RGBA"
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        # CMYK, YCbCr, HSV, RGBX, ...: Pillow knows how to get RGB from them, or says it cannot.
+        im, mode = im.convert("RGB"), "RGB"
+    raw = np.asarray(im)
+    gray = mode in _GRAY_MODES
+    if mode in ("LA", "RGBA"):
+        color, alpha = raw[..., :-1], raw[..., -1] / np.float32(255)
+        if gray:
+            color = color[..., 0]
+    else:
+        color, alpha = raw, _key_alpha(raw, key)
+    return color / np.float32(255), alpha, gray, 8
 
 
-def to_tensor(rgb: np.ndarray, device="cpu", dtype=None):
-    """H x W x 3 in [0, 1] -> [1, 3, H, W] in [-1, 1]."""
+def _key_alpha(raw: np.ndarray, key) -> Optional[np.ndarray]:
+    """Alpha from a single transparent colour (PNG tRNS for gray/RGB), else None."""
+    if key is None or isinstance(key, bytes):
+        return None
+    key = np.asarray(key).reshape(-1)
+    if raw.ndim == 3 and key.size == raw.shape[2]:
+        transparent = (raw == key).all(axis=2)
+    elif raw.ndim == 2 and key.size == 1:
+        transparent = raw == key[0]
+    else:
+        return None
+    return np.where(transparent, 0.0, 1.0).astype(np.float32)
+
+
+# ----- the 16-bit PNG codec -------------------------------------------------------------------
+
+def _png_header(data: bytes) -> Tuple[int, int, int, int, int]:
+    """(width, height, bit depth, colour type, interlace) from the start of a PNG file."""
+    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    return w, h, depth, ctype, interlace
+
+
+def _png16_colour(path: Path) -> bool:
+    """True for the 16-bit PNGs Pillow would reduce to 8 bits: RGB, RGBA, gray+alpha."""
+    with open(path, "rb") as f:
+        head = f.read(33)
+    try:
+        _, _, depth, ctype, _ = _png_header(head)
+    except ValueError:
+        return False
+    return depth == 16 and ctype in (2, 4, 6)
+
+
+def _read_png16(path: Path):
+    samples, key = decode_png(path.read_bytes())
+    channels = samples.shape[2]
+    gray = channels <= 2
+    alpha = None
+    if channels in (2, 4):
+        alpha = samples[..., -1] / np.float32(65535)
+        samples = samples[..., :-1]
+    elif key is not None:
+        alpha = _key_alpha(samples if not gray else samples[..., 0], key)
+    color = samples[..., 0] if gray else samples
+    return color / np.float32(65535), alpha, gray
+
+
+def decode_png(data: bytes):
+    """Decode a 16-bit non-palette PNG: (HxWxC uint16 samples, tRNS key or None).
+
+    Only what Pillow cannot do is implemented: bit depth 16, colour types 0/2/4/6, with or
+    without Adam7 interlacing. Chunk CRCs are checked so corruption is reported, not decoded.
+    """
+    w, h, depth, ctype, interlace = _png_header(data)
+    if depth != 16 or ctype not in _PNG_CHANNELS:
+        raise ValueError(f"decode_png handles 16-bit gray/RGB(A) PNGs only (depth {depth}, "
+                         f"colour type {ctype})")
+    channels = _PNG_CHANNELS[ctype]
+    idat, key, pos = [], None, 8
+    while True:
+        if pos + 12 > len(data):
+            raise ValueError("PNG file is truncated (no IEND chunk)")
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        crc = data[pos + 8 + length:pos + 12 + length]
+        if len(body) < length or len(crc) < 4:
+            raise ValueError(f"PNG file is truncated (inside a {kind!r} chunk)")
+        if zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            raise ValueError(f"PNG {kind.decode('latin-1')} chunk is corrupt (CRC mismatch)")
+        pos += 12 + length
+        if kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"tRNS":
+            key = tuple(struct.unpack(f">{len(body) // 2}H", body))
+        elif kind == b"IEND":
+            break
+    bpp = channels * 2
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+    if interlace:
+        planes = np.zeros((h, w, bpp), dtype=np.uint8)
+        offset = 0
+        for x0, y0, dx, dy in _ADAM7:
+            pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+            if pw <= 0 or ph <= 0:
+                continue  # a pass with no pixels has no scanlines, not even filter bytes
+            size = ph * (pw * bpp + 1)
+            planes[y0::dy, x0::dx] = _unfilter(raw[offset:offset + size], ph, pw, bpp)
+            offset += size
+    else:
+        planes = _unfilter(raw, h, w, bpp)
+    samples = np.ascontiguousarray(planes).view(">u2").reshape(h, w, channels)
+    return samples.astype(np.uint16), key
+
+
+def _unfilter(raw: np.ndarray, h: int, w: int, bpp: int) -> np.ndarray:
+    """Undo PNG scanline filtering: HxWxbpp bytes.
+
+    Average and Paeth depend on the decoded left neighbour, so a row cannot be done in one
+    vector step; each anti-diagonal of pixels depends only on the two before it, so the image
+    is swept diagonal by diagonal (h + w steps) whatever filter each row uses.
+    """
+    stride = w * bpp + 1
+    if raw.size < h * stride:
+        raise ValueError("PNG image data is truncated")
+    rows = raw[:h * stride].reshape(h, stride)
+    ftype = rows[:, 0].astype(np.int16)
+    if ftype.max(initial=0) > 4:
+        raise ValueError("PNG image data is corrupt (unknown filter type)")
+    filtered = rows[:, 1:].reshape(h, w, bpp).astype(np.int16)
+    # One zero row above and one zero column to the left: the neighbours PNG defines off-image.
+    out = np.zeros((h + 1, w + 1, bpp), dtype=np.int16)
+    for d in range(h + w - 1):
+        ys = np.arange(max(0, d - w + 1), min(h - 1, d) + 1)
+        xs = d - ys
+        a, b, c = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]
+        f = ftype[ys][:, None]
+        pred = np.where(f == 1, a, np.where(f == 2, b, np.where(f == 3, (a + b) >> 1,
+                        np.where(f == 4, _paeth(a, b, c), 0))))
+        out[ys + 1, xs + 1] = (filtered[ys, xs] + pred) & 0xFF
+    return out[1:, 1:].astype(np.uint8)
+
+
+def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    p = a + b - c
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+    return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+
+
+def encode_png(samples: np.ndarray, compress_level: int = 6) -> bytes:
+    """A 16-bit PNG from HxW or HxWxC (C = 1..4) uint16 samples: gray, gray+alpha, RGB, RGBA."""
+    if samples.dtype != np.uint16:
+        raise TypeError(f"encode_png expects uint16 samples, got {samples.dtype}")
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    h, w, channels = samples.shape
+    ctype = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    bpp = channels * 2
+    x = np.ascontiguousarray(samples.astype(">u2")).view(np.uint8).reshape(h, w * bpp).astype(np.int16)
+    # Paeth on every row: encoding knows all neighbours, so it vectorises, and it is the
+    # filter that usually compresses photographs best.
+    a = np.zeros_like(x)
+    a[:, bpp:] = x[:, :-bpp]
+    b = np.zeros_like(x)
+    b[1:] = x[:-1]
+    c = np.zeros_like(x)
+    c[1:, bpp:] = x[:-1, :-bpp]
+    filtered = ((x - _paeth(a, b, c)) & 0xFF).astype(np.uint8)
+    scanlines = np.concatenate([np.full((h, 1), 4, dtype=np.uint8), filtered], axis=1)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, ctype, 0, 0, 0)
+    return (_PNG_SIGNATURE + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(scanlines.tobytes(), compress_level)) + chunk(b"IEND", b""))
+
+
+# ----- writing ----------------------------------------------------------------------------------
+
+def quantize(x: np.ndarray, bit_depth: int = 8) -> np.ndarray:
+    """[0, 1] floats -> uint8 / uint16: clamp, then round half up to the nearest level."""
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    x = np.asarray(x)
+    if not np.isfinite(x).all():
+        raise ValueError("cannot quantize non-finite values (NaN or Inf)")
+    top = 255 if bit_depth == 8 else 65535
+    # float64: in float32, x * 65535 carries errors up to ~0.004 of a level, enough to round
+    # values near a half level the wrong way.
+    levels = np.floor(np.clip(x.astype(np.float64, copy=False), 0.0, 1.0) * top + 0.5)
+    return levels.astype(np.uint8 if bit_depth == 8 else np.uint16)
+
+
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """HxWx3 -> HxW luma (Rec. 601)."""
+    rgb = np.asarray(rgb)
+    return rgb @ _LUMA.astype(rgb.dtype)
+
+
+def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = None,
+                grayscale: bool = False, bit_depth: int = 8, quality: int = JPEG_QUALITY) -> Path:
+    """Write HxWx3 (or HxW gray) values in [0, 1] as PNG or JPEG, chosen by the extension.
+
+    grayscale: write one channel (luma of RGB). alpha: HxW in [0, 1], written for PNG (JPEG cannot
+    hold it and drops it). bit_depth 16 is honoured for PNG; JPEG is always 8-bit. Values outside
+    [0, 1] are clamped; non-finite values raise ValueError. The file appears atomically.
+    """
+    path = Path(path)
+    fmt = WRITE_EXTENSIONS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: cannot write {path.suffix or 'files without an extension'!r}; "
+                         f"use one of {', '.join(WRITE_EXTENSIONS)}")
+    rgb = np.asarray(rgb)
+    color = luminance(rgb) if grayscale and rgb.ndim == 3 else rgb
+    planes = color[..., None] if color.ndim == 2 else color
+    if alpha is not None and fmt == "PNG":
+        if alpha.shape != planes.shape[:2]:
+            raise ValueError(f"alpha is {alpha.shape}, image is {planes.shape[:2]}")
+        planes = np.concatenate([planes, np.asarray(alpha, dtype=planes.dtype)[..., None]], axis=2)
+    depth = 16 if bit_depth == 16 and fmt == "PNG" else 8
+    samples = quantize(planes, depth)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        if depth == 16:
+            tmp.write_bytes(encode_png(samples))
+        else:
+            pil = PILImage.fromarray(samples[..., 0] if samples.shape[2] == 1 else samples)
+            options = {"quality": quality, "subsampling": 0} if fmt == "JPEG" else {}
+            pil.save(tmp, format=fmt, **options)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+# ----- files ------------------------------------------------------------------------------------
+
+def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path]:
+    """A single file as given, or the image files under a folder (recursively, by extension,
+    case-insensitive), sorted by relative path; hidden files and folders and anything under
+    `exclude` (e.g. an output folder inside the input folder) are skipped."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for p in path.rglob("*"):
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        if skip is not None and _is_within(p.resolve(), skip):
+            continue
+        found.append(p)
+    return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+
+
+def _is_within(p: Path, folder: Path) -> bool:
+    try:
+        p.relative_to(folder)
+        return True
+    except ValueError:
+        return False
+
+
+# ----- tensors and alpha --------------------------------------------------------------------------
+
+def to_tensor(rgb: np.ndarray, device=None, dtype=None):
+    """HxWx3 in [0, 1] -> 1x3xHxW tensor in [-1, 1] (the model's range)."""
     import torch
 
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
     t = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
-    return (t.to(device=device, dtype=dtype or torch.float32) * 2 - 1)
+    t = t.to(device=device, dtype=dtype or torch.float32)
+    return t * 2 - 1
 
 
 def from_tensor(t) -> np.ndarray:
-    """[1, 3, H, W] in [-1, 1] -> H x W x 3 float32 in [0, 1] (clamped)."""
-    arr = ((t[0].detach().float().cpu() + 1) / 2).clamp_(0, 1)
-    return arr.permute(1, 2, 0).numpy()
+    """1x3xHxW or 3xHxW tensor in [-1, 1] -> HxWx3 array in [0, 1], not clamped (the writer does)."""
+    if t.dim() == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"expected a single image, got a batch of {t.shape[0]}")
+        t = t[0]
+    return ((t.detach().cpu() + 1) / 2).permute(1, 2, 0).numpy()
 
 
-def quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
-    """[0, 1] floats -> integers, rounded to nearest (the authors' code truncated)."""
-    top = 65535 if bit_depth == 16 else 255
-    q = np.floor(np.clip(x, 0, 1) * top + 0.5)
-    return q.astype(np.uint16 if bit_depth == 16 else np.uint8)
+def upscale_alpha(alpha: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Alpha for an x`factor` super-resolved image: bicubic, clamped to [0, 1]."""
+    import torch
+
+    from sdflow.resize import upscale
+
+    a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    return upscale(a, factor, "bicubic")[0, 0].clamp_(0, 1).numpy()
 
 
-def to_luma(rgb: np.ndarray) -> np.ndarray:
-    # ITU-R BT.601 weights, the same as Pillow's RGB -> L conversion.
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+def downscale_alpha(alpha: np.ndarray, factor: int = 4) -> np.ndarray:
+    """Alpha for a /`factor` downscaled image of size ceil(H/f) x ceil(W/f): box average over
+    each f x f block, the bottom/right edge replicated as SDFlow.downscale pads it, so the
+    alpha grid lines up with the model's pixels."""
+    import torch
+    import torch.nn.functional as F
 
-
-def write_image(path: Path, rgb: np.ndarray, alpha: Optional[np.ndarray] = None,
-                grayscale: bool = False, bit_depth: int = 8, quality: int = 95) -> None:
-    """Write H x W x 3 float [0, 1]. JPEG is always 8-bit and drops alpha; 16-bit needs PNG.
-    Written to a temporary name first so that an interrupted run leaves no truncated file."""
-    from PIL import Image as PILImage
-
-    path = Path(path)
-    ext = path.suffix.lower()
-    jpeg = ext in (".jpg", ".jpeg")
-    if jpeg:
-        alpha = None
-    if bit_depth == 16 and ext != ".png":
-        bit_depth = 8  # 16-bit output is written as PNG only
-    data = to_luma(rgb)[..., None] if grayscale else rgb
-    if alpha is not None:
-        data = np.concatenate([data, alpha[..., None]], axis=-1)
-    q = quantize(data, bit_depth)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    if bit_depth == 16:
-        _write_png16(tmp, q, greyscale=grayscale, alpha=alpha is not None)
-    else:
-        im = PILImage.fromarray(q[..., 0] if q.shape[-1] == 1 else q)
-        kwargs = {"quality": quality} if jpeg else {}
-        im.save(tmp, format=_FORMATS.get(ext, "PNG"), **kwargs)
-    os.replace(tmp, path)
-
-
-_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
-            ".tif": "TIFF", ".tiff": "TIFF"}
-
-
-def _png_is_16bit_colour(path: Path) -> bool:
-    """Pillow reduces 16-bit colour PNGs to 8 bits on reading and cannot write them; those
-    (and 16-bit gray + alpha) go through pypng instead."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return (head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 26 and head[24] == 16
-            and head[25] in (2, 4, 6))
-
-
-def _read_png16(path: Path) -> Image:
-    import png
-
-    try:
-        width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-        arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).astype(np.float32) / 65535.0
-    except (png.Error, ValueError, OSError) as e:
-        raise ImageReadError(f"{path}: cannot decode 16-bit PNG ({e})") from None
-    planes = info["planes"]
-    arr = arr.reshape(height, width, planes)
-    alpha = arr[..., -1] if info["alpha"] else None
-    if info["greyscale"]:
-        return Image(np.repeat(arr[..., :1], 3, axis=2), alpha, True, 16, path)
-    return Image(arr[..., :3], alpha, False, 16, path)
-
-
-def _write_png16(path: Path, channels: np.ndarray, greyscale: bool, alpha: bool) -> None:
-    import png
-
-    h, w, planes = channels.shape
-    writer = png.Writer(w, h, greyscale=greyscale, alpha=alpha, bitdepth=16)
-    with open(path, "wb") as f:
-        writer.write(f, channels.reshape(h, w * planes))
+    a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
+    h, w = a.shape[-2:]
+    ph, pw = -h % factor, -w % factor
+    if ph or pw:
+        a = F.pad(a, (0, pw, 0, ph), mode="replicate")
+    return F.avg_pool2d(a, factor)[0, 0].numpy()

@@ -1,128 +1,283 @@
-"""The batch job behind `sdflow sr` and `sdflow ds`: files in, files out, failures reported.
+"""The batch job behind `sdflow sr` and `sdflow ds`, independent of the command line.
 
-Output names are predictable (Real-ESRGAN style): `{stem}_{suffix}.{ext}`, or with several samples
-`{stem}_{suffix}_{k}.{ext}` for k = 0..N-1, in the same sub-folder under the output folder as the
-input had under the input folder. Sample k of every image uses a generator seeded with
-`seed + k`, so a file's output does not depend on which other files are processed, or in what order.
+Output names (Real-ESRGAN style), under the output folder, in the same sub-folder that the input
+had under the input folder (a single input file goes straight into the output folder):
+
+    {stem}_{suffix}.{ext}          one sample (suffix defaults to the mode: "sr" / "ds")
+    {stem}_{suffix}_{k}.{ext}      --samples N > 1, k = 0 .. N-1
+    {stem}.{ext}, {stem}_{k}.{ext} with an empty suffix
+
+ext "auto": JPEG inputs (.jpg, .jpeg) give .jpg; every other input (PNG, WebP, BMP, TIFF) gives .png,
+which is lossless and the one format here that keeps alpha and 16 bits.
+
+Seeds: sample k of every image is drawn with a generator seeded with `seed + k` on the model's
+device, so a file's outputs depend only on (model, image, options, seed, k): not on which other
+files are in the batch or their order. A consequence worth knowing: sample k of seed S equals
+sample 0 of seed S + k. The same seed on another device type (CPU vs CUDA) gives other noise.
+
+A file fails on its own (unreadable, model error, non-finite output, unwritable) and the batch goes
+on; problems with the request as a whole raise InferenceError before anything is written.
 """
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from sdflow.imageio import Image, ImageReadError, find_images, from_tensor, read_image, to_tensor, write_image
+from sdflow.imageio import (ImageReadError, downscale_alpha, find_images, from_tensor, read_image,
+                            to_tensor, upscale_alpha, write_image)
 
-JPEG_EXTS = (".jpg", ".jpeg")
+__all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_extension",
+           "output_names", "plan", "sample", "process_file", "run", "run_batch"]
+
+MODES = ("sr", "ds")
+EXTS = ("auto", "png", "jpg")
+SAMPLERS = ("image", "element")
+SCALE = 4
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+class InferenceError(ValueError):
+    """The request as a whole cannot be carried out (bad options, no inputs, outputs that would
+    overwrite inputs); nothing has been written."""
 
 
 @dataclass
 class Options:
-    mode: str                          # "sr" or "ds"
+    mode: str = "sr"                   # "sr" | "ds"
     tau: float = 0.8
     samples: int = 1
     seed: int = 0
-    suffix: Optional[str] = None       # None: the mode's name
-    ext: str = "auto"                  # auto | png | jpg
-    component: Optional[Union[int, Sequence[int]]] = None
-    sampler: str = "image"
-    tile: int = 0                      # 0: no tiling
+    suffix: Optional[str] = None       # None: the mode's name; "": none
+    ext: str = "auto"                  # "auto" | "png" | "jpg"
+    component: Optional[Sequence[int]] = None   # ds: mixture components to draw from (None: all)
+    sampler: str = "image"             # ds: "image" | "element"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise InferenceError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau >= 0):
+            raise InferenceError(f"tau must be a finite number >= 0, got {self.tau!r}")
+        if int(self.samples) != self.samples or self.samples < 1:
+            raise InferenceError(f"samples must be a whole number >= 1, got {self.samples!r}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise InferenceError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.ext not in EXTS:
+            raise InferenceError(f"ext must be one of {EXTS}, got {self.ext!r}")
+        if self.sampler not in SAMPLERS:
+            raise InferenceError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.suffix is not None and any(c in self.suffix for c in "/\\\0"):
+            raise InferenceError(f"suffix must not contain path separators, got {self.suffix!r}")
+        if isinstance(self.component, int):
+            self.component = [self.component]
+        if self.component is not None:
+            self.component = [int(c) for c in self.component]
+            if not self.component:
+                raise InferenceError("component, when given, must name at least one component")
+
+    @property
+    def name_suffix(self) -> str:
+        return self.mode if self.suffix is None else self.suffix
+
+
+@dataclass
+class Job:
+    source: Path
+    rel: Path                          # source relative to the input folder (its name for a file)
+    outputs: List[Path]                # one per sample
+    error: Optional[str] = None        # known before running (e.g. an output name collision)
+
+
+@dataclass
+class FileResult:
+    source: Path
+    outputs: List[Path] = field(default_factory=list)   # the files actually written
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 @dataclass
 class Summary:
-    written: List[Path] = field(default_factory=list)
-    failed: List[Tuple[Path, str]] = field(default_factory=list)
+    done: List[FileResult] = field(default_factory=list)
+    failed: List[FileResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def written(self) -> List[Path]:
+        return [p for r in self.done + self.failed for p in r.outputs]
+
+    def report(self) -> str:
+        total = len(self.done) + len(self.failed)
+        lines = [f"{len(self.done)} of {total} image(s) done, {len(self.written)} file(s) written"]
+        if self.failed:
+            lines.append(f"{len(self.failed)} failed:")
+            lines += [f"  {r.source}: {r.error}" for r in self.failed]
+        return "\n".join(lines)
 
 
-class OutputNotFinite(RuntimeError):
-    pass
+# ----- planning -----------------------------------------------------------------------------
 
-
-def output_ext(src: Path, ext: str) -> str:
+def output_extension(source: Path, ext: str = "auto") -> str:
+    """The output extension (without dot) for `source` under --ext `ext`."""
     if ext == "auto":
-        # JPEG stays JPEG; everything else becomes PNG, which is lossless and keeps alpha and 16 bits.
-        return ".jpg" if src.suffix.lower() in JPEG_EXTS else ".png"
-    return "." + ext.lstrip(".")
+        return "jpg" if Path(source).suffix.lower() in _JPEG_SUFFIXES else "png"
+    return ext
 
 
-def output_paths(src: Path, in_root: Path, out_dir: Path, opts: Options) -> List[Path]:
-    rel = src.relative_to(in_root).parent if in_root.is_dir() else Path()
-    suffix = opts.mode if opts.suffix is None else opts.suffix
-    stem = src.stem + (f"_{suffix}" if suffix else "")
-    ext = output_ext(src, opts.ext)
-    if opts.samples == 1:
-        return [out_dir / rel / f"{stem}{ext}"]
-    return [out_dir / rel / f"{stem}_{k}{ext}" for k in range(opts.samples)]
+def output_names(rel: Path, options: Options) -> List[Path]:
+    """Output paths relative to the output folder for an input at `rel` under the input folder."""
+    rel = Path(rel)
+    ext = output_extension(rel, options.ext)
+    stem = rel.stem + (f"_{options.name_suffix}" if options.name_suffix else "")
+    if options.samples == 1:
+        return [rel.with_name(f"{stem}.{ext}")]
+    return [rel.with_name(f"{stem}_{k}.{ext}") for k in range(options.samples)]
 
 
-def _resize_plane(plane: np.ndarray, size: Tuple[int, int], down: bool) -> np.ndarray:
-    """Alpha is not modelled: it is resized on its own (bicubic up, antialiased down)."""
-    from sdflow.resize import resize
+def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Options) -> List[Job]:
+    """The jobs for a file or a folder (searched recursively). Raises InferenceError when the input
+    is missing or holds no images, or when an output would replace an input file."""
+    input_path, output_dir = Path(input_path), Path(output_dir)
+    if not input_path.exists():
+        raise InferenceError(f"input not found: {input_path}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InferenceError(f"output {output_dir} exists and is not a folder")
+    if input_path.is_dir():
+        # Outputs written inside the input folder must not be picked up as inputs on a re-run.
+        inside = output_dir.resolve() != input_path.resolve()
+        sources = find_images(input_path, exclude=output_dir if inside else None)
+        rels = [s.relative_to(input_path) for s in sources]
+    else:
+        sources, rels = [input_path], [Path(input_path.name)]
+    if not sources:
+        raise InferenceError(f"no image files found under {input_path}")
+    jobs = [Job(s, r, [output_dir / o for o in output_names(r, options)]) for s, r in zip(sources, rels)]
 
-    t = torch.from_numpy(np.ascontiguousarray(plane))[None, None].float()
-    out = resize(t, size, kernel="area" if down else "bicubic", antialias=down)
-    return out[0, 0].clamp_(0, 1).numpy()
+    inputs = {s.resolve() for s in sources}
+    clobbered = [o for j in jobs for o in j.outputs if o.resolve() in inputs]
+    if clobbered:
+        raise InferenceError(f"output {clobbered[0]} would overwrite an input file"
+                             + (f" ({len(clobbered)} in all)" if len(clobbered) > 1 else "")
+                             + "; choose another output folder or a non-empty --suffix")
+
+    # Two inputs that map to one output (a.jpg and a.png with --ext png) would silently overwrite
+    # each other; both fail rather than letting the order of files decide the winner. The key is
+    # case-folded because macOS and Windows file systems are.
+    owners = {}
+    for j in jobs:
+        for o in j.outputs:
+            owners.setdefault(o.as_posix().casefold(), []).append(j)
+    for group in owners.values():
+        if len(group) > 1:
+            for j in group:
+                others = ", ".join(str(g.source) for g in group if g is not j)
+                j.error = (f"its output {j.outputs[0].name} would also be the output of {others}; "
+                           "rename one or use --ext auto")
+    return jobs
 
 
-def run_model(model, image: Image, opts: Options, generator: torch.Generator,
-              transform: Optional[Callable] = None) -> np.ndarray:
-    """One sample for one image: H x W x 3 float in [0, 1]. Raises OutputNotFinite rather than
-    writing NaN or Inf pixels."""
-    x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+# ----- running ------------------------------------------------------------------------------
+
+def sample(model, x: torch.Tensor, options: Options, k: int) -> torch.Tensor:
+    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output."""
+    generator = torch.Generator(device=model.device)
+    generator.manual_seed(int(options.seed) + k)
     with torch.inference_mode():
-        if transform is not None:
-            y = transform(model, x, opts, generator)
-        elif opts.mode == "sr":
-            y = model.super_resolve(x, tau=opts.tau, generator=generator)
-        else:
-            y = model.downscale(x, tau=opts.tau, component=opts.component, sampler=opts.sampler,
-                                generator=generator)
-    bad = (~torch.isfinite(y)).sum().item()
+        if options.mode == "sr":
+            return model.super_resolve(x, tau=options.tau, generator=generator)
+        return model.downscale(x, tau=options.tau, component=options.component,
+                               sampler=options.sampler, generator=generator)
+
+
+def process_file(model, job: Job, options: Options) -> FileResult:
+    """Read, run every sample, write. Every problem becomes the result's error; samples that
+    succeeded before a failure are kept on disk and listed in `outputs`."""
+    result = FileResult(job.source)
+    if job.error is not None:
+        result.error = job.error
+        return result
+    try:
+        image = read_image(job.source)
+    except ImageReadError as e:
+        result.error = f"cannot read: {e.reason}"
+        return result
+    x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+    problems = []
+    alpha = None
+    for k, out in enumerate(job.outputs):
+        label = f"sample {k}: " if len(job.outputs) > 1 else ""
+        try:
+            y = sample(model, x, options, k)
+        except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
+            problems.append(f"{label}model failed ({type(e).__name__}: {e})")
+            continue
+        finite = torch.isfinite(y)
+        if not bool(finite.all()):
+            # Never patch over: a NaN image written as noise (as the authors' script did) looks
+            # like a result; report it instead and leave no file for it.
+            nan = int(torch.isnan(y).sum())
+            problems.append(f"{label}model output is not finite ({nan} NaN, "
+                            f"{int((~finite).sum()) - nan} Inf values); try a lower --tau")
+            continue
+        rgb = from_tensor(y)
+        if image.alpha is not None and alpha is None:
+            alpha = (upscale_alpha(image.alpha, SCALE) if options.mode == "sr"
+                     else downscale_alpha(image.alpha, SCALE))
+        try:
+            write_image(out, rgb, alpha=alpha, grayscale=image.grayscale, bit_depth=image.bit_depth)
+        except (OSError, ValueError) as e:
+            problems.append(f"{label}cannot write {out} ({e})")
+            continue
+        result.outputs.append(out)
+    if problems:
+        result.error = "; ".join(problems)
+    return result
+
+
+def _check_components(model, options: Options) -> None:
+    if options.mode != "ds" or options.component is None:
+        return
+    k = model.config.mixture_components
+    bad = [c for c in options.component if not 0 <= c < k]
     if bad:
-        raise OutputNotFinite(f"model output has {bad} non-finite values (NaN/Inf); "
-                              f"try a lower --tau")
-    return from_tensor(y)
+        raise InferenceError(f"component {bad[0]} does not exist: this model's degradation mixture "
+                             f"has components 0..{k - 1}")
 
 
-def process(model, inputs: Union[Path, Sequence[Path]], out_dir: Path, opts: Options,
-            transform: Optional[Callable] = None, progress: bool = True, log=None) -> Summary:
-    """Run `opts.mode` on every image of `inputs` (a file, a folder searched recursively, or a
-    list of files) and write the results below `out_dir`. One file's failure is reported and the
-    others go on."""
+def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
+        log: Optional[Callable[[str], None]] = None) -> Summary:
+    """Process `jobs` with a progress bar; failures are logged as they happen (to stderr unless
+    `log` is given) and collected in the summary."""
     from tqdm import tqdm
 
+    _check_components(model, options)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    if isinstance(inputs, (str, Path)):
-        in_root = Path(inputs)
-        files = find_images(in_root)
-    else:
-        files = [Path(f) for f in inputs]
-        in_root = Path(files[0]).parent if files else Path(".")
-    out_dir = Path(out_dir)
     summary = Summary()
-    bar = tqdm(files, desc=opts.mode, unit="img", disable=not progress)
-    for src in bar:
-        bar.set_postfix_str(src.name[-30:], refresh=False)
-        try:
-            targets = output_paths(src, in_root, out_dir, opts)
-            if any(t.resolve() == src.resolve() for t in targets):
-                raise ValueError("output would overwrite the input; give --suffix or another -o")
-            image = read_image(src)
-            for k, target in enumerate(targets):
-                generator = torch.Generator(device=model.device).manual_seed(opts.seed + k)
-                rgb = run_model(model, image, opts, generator, transform)
-                alpha = None
-                if image.alpha is not None:
-                    alpha = _resize_plane(image.alpha, rgb.shape[:2], down=opts.mode == "ds")
-                write_image(target, rgb, alpha, image.grayscale, image.bit_depth)
-                summary.written.append(target)
-        except (ImageReadError, OutputNotFinite, ValueError, OSError, RuntimeError) as e:
-            reason = str(e) if isinstance(e, ImageReadError) else f"{src}: {e}"
-            summary.failed.append((src, reason))
-            log(f"FAILED {reason}")
+    with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for job in jobs:
+            bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
+            result = process_file(model, job, options)
+            if result.ok:
+                summary.done.append(result)
+            else:
+                summary.failed.append(result)
+                log(f"FAILED {job.source}: {result.error}")
+            bar.update()
     return summary
+
+
+def run_batch(model, input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
+              progress: bool = True, log: Optional[Callable[[str], None]] = None) -> Summary:
+    """plan + run: every image of a file or folder into `output_dir`."""
+    return run(model, plan(input_path, output_dir, options), options, progress=progress, log=log)

@@ -1,106 +1,161 @@
-"""`sdflow sr` and `sdflow ds`: super-resolve or downscale files and folders."""
+"""`sdflow sr` and `sdflow ds`: super-resolve or realistically downscale files and folders x4.
+
+Exit status: 0 when every image succeeded, 1 when any failed (each named with its reason, and again
+in the final summary), 2 for usage errors (missing input, no model, unusable options or device).
+Naming and seeding rules: see `sdflow.inference`.
+"""
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
-DTYPES = {"fp32": "float32", "fp64": "float64"}
+PRECISIONS = {"fp32": "float32", "fp64": "float64"}
 
 
 def default_model_source():
-    """The model used when --model is not given: the bundled one, once the package ships it."""
-    from importlib import resources
-
-    bundled = resources.files("sdflow") / "assets" / "model" / "sdflow_default.safetensors"
-    return Path(str(bundled)) if bundled.is_file() else None
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def _add_common(p) -> None:
-    p.add_argument("-i", "--input", type=Path, required=True, help="an image file or a folder (recursive)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-    p.add_argument("--model", "-m", default=None,
-                   help="sdflow .safetensors, training checkpoint / run folder, or the authors' "
-                        "pretrained folder (default: the bundled model)")
-    p.add_argument("--tau", type=float, default=0.8, help="sampling temperature; 0 = the mode (default 0.8)")
-    p.add_argument("--samples", "-n", type=int, default=1, help="outputs per input (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="sample k uses seed + k (default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--precision", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--suffix", default=None,
-                   help="appended to output names: NAME_SUFFIX.ext (default: the command, sr/ds; '' for none)")
-    p.add_argument("--ext", default="auto", choices=["auto", "png", "jpg"],
-                   help="auto: JPEG stays JPEG, other inputs become PNG")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    """The model used when --model is not given. The one place to plug in a bundled model:
+    return its path here. None while the package ships none."""
+    return None
 
 
 def register(sub) -> None:
-    sr = sub.add_parser("sr", help="super-resolve images x4",
-                        description="Super-resolve images x4 with SDFlow. Outputs: "
-                                    "OUT/<subdir>/<name>_<suffix>[_k].<ext>.")
-    _add_common(sr)
+    # Only argparse here: torch is imported when a command actually runs, so --help stays quick.
+    sr = sub.add_parser(
+        "sr", help="super-resolve images x4",
+        description="Super-resolve images x4 with SDFlow, sampling --samples outputs per image at "
+                    "temperature --tau. Writes OUT/<sub-folder>/<stem>_<suffix>[_<k>].<ext>.")
+    _add_common(sr, "sr")
     sr.set_defaults(func=run, mode="sr")
-    ds = sub.add_parser("ds", help="downscale images x4 realistically",
-                        description="Downscale images x4 with SDFlow's learned degradations.")
-    _add_common(ds)
-    ds.add_argument("--component", type=int, nargs="+", default=None,
-                    help="mixture component(s) to draw the degradation from (default: all)")
-    ds.add_argument("--sampler", default="image", choices=["image", "element"],
-                    help="image: one component per image (the authors'); element: one per latent element")
+
+    ds = sub.add_parser(
+        "ds", help="downscale images x4 realistically",
+        description="Downscale images x4 with SDFlow's learned real-world degradations "
+                    "(output ceil(H/4) x ceil(W/4)). Writes OUT/<sub-folder>/<stem>_<suffix>[_<k>].<ext>.")
+    _add_common(ds, "ds")
+    ds.add_argument("--component", type=_non_negative_int, nargs="+", default=None, metavar="K",
+                    help="degradation-mixture component(s) to draw from (default: all)")
+    ds.add_argument("--sampler", choices=("image", "element"), default="image",
+                    help="image: one component per image, as the authors sample; element: one per "
+                         "latent element, the mixture density itself (default: image)")
     ds.set_defaults(func=run, mode="ds")
+
+
+def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
+    p.add_argument("-i", "--input", type=Path, required=True,
+                   help="an image file, or a folder searched recursively (png, jpg, webp, bmp, tiff)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output folder; input sub-folders are recreated in it")
+    p.add_argument("--model", "-m", default=None, metavar="SRC",
+                   help="an sdflow .safetensors file, a training checkpoint or run folder, or the "
+                        "authors' folder of .pth files")
+    p.add_argument("--tau", type=_non_negative_float, default=0.8,
+                   help="sampling temperature; 0 gives the mode (default: 0.8)")
+    p.add_argument("--samples", "-n", type=_positive_int, default=1, metavar="N",
+                   help="outputs per image, named _0 .. _N-1 when N > 1 (default: 1)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                   help="sample k is drawn with seed S + k: the same seed gives the same files "
+                        "(default: 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: cuda, else mps, else cpu (default: auto)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="model arithmetic (default: fp32)")
+    p.add_argument("--suffix", default=None,
+                   help=f"added to output names as <stem>_<suffix> (default: {mode}; '' for none)")
+    p.add_argument("--ext", choices=("auto", "png", "jpg"), default="auto",
+                   help="output format; auto: jpg for JPEG inputs, png for all others (keeps alpha "
+                        "and 16 bits) (default: auto)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def resolve_device(name: str):
+    """torch.device for --device; raises ValueError when the requested backend is absent."""
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available in this PyTorch installation")
+    if name == "mps" and not has_mps:
+        raise ValueError("--device mps: MPS is not available on this machine")
+    return torch.device(name)
+
+
+def _usage_error(message: str) -> int:
+    print(f"sdflow: error: {message}", file=sys.stderr)
+    return 2
 
 
 def run(args) -> int:
     import torch
 
     from sdflow.checkpoints import CheckpointError, load
-    from sdflow.inference import Options, process
+    from sdflow.inference import InferenceError, Options, plan, run as run_jobs
 
-    if not args.input.exists():
-        print(f"error: input not found: {args.input}", file=sys.stderr)
-        return 2
-    if args.samples < 1:
-        print("error: --samples must be at least 1", file=sys.stderr)
-        return 2
-    if args.tau < 0:
-        print("error: --tau must be >= 0", file=sys.stderr)
-        return 2
+    try:
+        options = Options(mode=args.mode, tau=args.tau, samples=args.samples, seed=args.seed,
+                          suffix=args.suffix, ext=args.ext,
+                          component=getattr(args, "component", None),
+                          sampler=getattr(args, "sampler", "image"))
+        # Inputs first: a typo in -i should not cost a model load.
+        jobs = plan(args.input, args.output, options)
+    except InferenceError as e:
+        return _usage_error(str(e))
+
     source = args.model if args.model is not None else default_model_source()
     if source is None:
-        print("error: no --model given and no bundled model in this installation", file=sys.stderr)
-        return 2
-    device = pick_device(args.device)
-    dtype = getattr(torch, DTYPES[args.precision])
+        return _usage_error("no --model given and no bundled model")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        return _usage_error(str(e))
+    dtype = getattr(torch, PRECISIONS[args.precision])
+    if device.type == "mps" and dtype == torch.float64:
+        return _usage_error("MPS has no float64 arithmetic; use --precision fp32 or another device")
     try:
         model = load(source, device=device, dtype=dtype)
     except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    component = getattr(args, "component", None)
-    if component is not None:
-        k = model.deg_prior.num_components
-        if any(not 0 <= c < k for c in component):
-            print(f"error: --component must be in 0..{k - 1}", file=sys.stderr)
-            return 2
-        component = component[0] if len(component) == 1 else component
-    opts = Options(mode=args.mode, tau=args.tau, samples=args.samples, seed=args.seed, suffix=args.suffix,
-                   ext=args.ext, component=component, sampler=getattr(args, "sampler", "image"))
-    summary = process(model, args.input, args.output, opts, progress=not args.quiet)
-    print(f"{len(summary.written)} file(s) written to {args.output}")
-    if summary.failed:
-        print(f"{len(summary.failed)} input(s) failed:", file=sys.stderr)
-        for _, reason in summary.failed:
-            print(f"  {reason}", file=sys.stderr)
-        return 1
-    return 0
+        return _usage_error(f"cannot load the model: {e}")
+    except Exception as e:  # noqa: BLE001 - safetensors/torch errors on a damaged file vary by version
+        return _usage_error(f"cannot load the model {source}: {type(e).__name__}: {e}")
+
+    try:
+        summary = run_jobs(model, jobs, options, progress=not args.quiet)
+    except InferenceError as e:
+        return _usage_error(str(e))
+    print(f"sdflow {args.mode}: {summary.report()}")
+    print(f"output folder: {args.output}")
+    return 0 if summary.ok else 1
