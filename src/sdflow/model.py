@@ -92,15 +92,38 @@ class SDFlow(nn.Module):
     # ----- sampling ------------------------------------------------------------------------
 
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8,
-                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(tau * eps; z_c)]), z_c = E(lr)."""
+                      generator: Optional[torch.Generator] = None,
+                      hf_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(z'_h; z_c)]), z_c = E(lr).
+
+        z'_h ~ N(0, tau^2 I) is drawn by `sample_hf_latent` unless `hf_latent` gives it directly
+        (then `tau` and `generator` are unused); its shape is that of `sample_hf_latent(lr)`.
+        """
         _check_image(lr, "lr")
         h, w = lr.shape[-2:]
         # Reflect padding inside the networks needs at least 2 pixels per side.
         lr = _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
+        if hf_latent is None:
+            hf_latent = self.sample_hf_latent(lr, tau, generator)
+        _check_latent(hf_latent, hf_latent_shape(lr.shape), "hf_latent")
         z_c = self.content(lr)
-        z_h = self.f_hf.sample(z_c, HF_CHANNELS, tau, generator)
+        z_h = self.f_hf.inverse(hf_latent.to(z_c.dtype), z_c)[0]
         return self.decode_hr(z_c, z_h)[..., :SCALE * h, :SCALE * w]
+
+    def sample_hf_latent(self, lr: torch.Tensor, tau: float = 0.8,
+                         generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """z'_h ~ N(0, tau^2 I) for the LR batch `lr` (only its shape, device and dtype are used):
+        exactly what `super_resolve(lr, tau, generator)` draws, so the two agree sample for sample."""
+        shape = hf_latent_shape(lr.shape)
+        return self.f_hf.prior_sample(shape, tau, generator, device=lr.device, dtype=lr.dtype)
+
+    def sample_deg_latent(self, hr: torch.Tensor, tau: float = 0.8,
+                          component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
+                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """z'_d from the mixture prior for the HR batch `hr` (only its shape and dtype are used): exactly
+        what `downscale(hr, tau, component, sampler, generator=generator)` draws."""
+        shape = deg_latent_shape(hr.shape)
+        return self.deg_prior.sample(shape, tau, component, sampler, generator).to(hr.dtype)
 
     def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
         """z_c of an HR image whose sides are multiples of 8."""
@@ -119,17 +142,46 @@ class SDFlow(nn.Module):
         """
         _check_image(hr, "hr")
         h, w = hr.shape[-2:]
-        hr = _pad_to(hr, _round_up(max(h, MIN_HR_SIDE), HR_MULTIPLE), _round_up(max(w, MIN_HR_SIDE), HR_MULTIPLE))
-        z_c = self.hr_content(hr)
         if deg_latent is None:
-            shape = self.f_deg.latent_shape(z_c, CONTENT_CHANNELS)
-            deg_latent = self.deg_prior.sample(shape, tau, component, sampler, generator).to(z_c.dtype)
-        z_d = self.f_deg.inverse(deg_latent, z_c)[0]
+            deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
+        _check_latent(deg_latent, deg_latent_shape(hr.shape), "deg_latent")
+        hr = _pad_to(hr, *padded_hr_size(h, w))
+        z_c = self.hr_content(hr)
+        z_d = self.f_deg.inverse(deg_latent.to(z_c.dtype), z_c)[0]
         x = self.f_lr.inverse(z_c + z_d)[0]
         return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
 
+    def fuse_for_inference(self, precision: str = "fp32", channels_last: Optional[bool] = None):
+        """A fused, inference-only copy for fast sampling (`sdflow.fast.FastSDFlow`); this model is
+        left as it is."""
+        from sdflow.fast import FastSDFlow
+        return FastSDFlow(self, precision, channels_last)
+
     def extra_repr(self) -> str:
         return f"config={self.config}"
+
+
+def padded_hr_size(h: int, w: int):
+    """The size `downscale` pads an HR image of size (h, w) to."""
+    return _round_up(max(h, MIN_HR_SIDE), HR_MULTIPLE), _round_up(max(w, MIN_HR_SIDE), HR_MULTIPLE)
+
+
+def hf_latent_shape(lr_shape) -> tuple:
+    """Shape of z'_h for an LR batch of shape [B, 3, h, w] (sides below 2 are padded to 2)."""
+    b, _, h, w = lr_shape
+    return (b, HF_CHANNELS, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
+
+
+def deg_latent_shape(hr_shape) -> tuple:
+    """Shape of z'_d for an HR batch of shape [B, 3, H, W]: 12 channels at the padded size / 8."""
+    b, _, h, w = hr_shape
+    ph, pw = padded_hr_size(h, w)
+    return (b, 4 * CONTENT_CHANNELS, ph // HR_MULTIPLE, pw // HR_MULTIPLE)
+
+
+def _check_latent(z: torch.Tensor, shape: tuple, name: str) -> None:
+    if tuple(z.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} for this image, got {tuple(z.shape)}")
 
 
 def _bits_per_dim(log_density: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

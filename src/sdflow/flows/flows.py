@@ -113,12 +113,15 @@ class ConditionalFlow(nn.Module):
         b, _, h, w = cond.shape
         return (b, 4 * channels, h // 2, w // 2) if self.squeeze else (b, channels, h, w)
 
+    @staticmethod
+    def prior_sample(shape, tau: float = 0.8, generator=None, device=None, dtype=None) -> torch.Tensor:
+        """A draw from N(0, tau^2 I) in the authors' form; tau below 1e-6 gives the mean (zeros)."""
+        if tau < 1e-6:
+            return torch.zeros(shape, device=device, dtype=dtype)
+        eps = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+        return (1.0 + 1e-6) * tau * eps
+
     def sample(self, cond, channels: int, tau: float = 0.8, generator=None):
         """Draw z ~ f^-1(N(0, tau^2 I)); tau below 1e-6 gives the flow's image of the mean."""
-        shape = self.latent_shape(cond, channels)
-        if tau < 1e-6:
-            eps = cond.new_zeros(shape)
-        else:
-            eps = torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
-            eps = (1.0 + 1e-6) * tau * eps
+        eps = self.prior_sample(self.latent_shape(cond, channels), tau, generator, cond.device, cond.dtype)
         return self.inverse(eps, cond)[0]

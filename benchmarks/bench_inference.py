@@ -1,0 +1,343 @@
+"""Inference speed, peak memory and reduced-precision cost of SR and DS; the 4K memory check.
+
+    python benchmarks/bench_inference.py                  # everything (about 10 minutes on 2 CPU cores)
+    python benchmarks/bench_inference.py --parts speed --repeats 7
+    python benchmarks/bench_inference.py --parts memory 4k
+
+Model: the paper-size SDFlow with the parity fixture's weights (seeded random weights, every
+parameter perturbed) when ../shared/fixtures/official_parity.pt exists, otherwise the paper
+config with seeded perturbed weights; the same weights for every path.
+
+Paths:
+  authors     the authors' code path, emulated faithfully (benchmarks/authors_path.py)
+  model       SDFlow.super_resolve / downscale under torch.no_grad
+  fast-fp32   sdflow.fast.FastSDFlow, float32 (channels-last)
+  fast-bf16   the same with the convolutional nets in bfloat16
+  fast-fp16   the same in float16 (CUDA; on CPU only timed at the smallest size: it is slow there)
+
+speed:   paths measured side by side in one process, interleaved round by round, after one
+         warm-up call each; the median over rounds. Seconds per call and per output megapixel.
+memory:  each (path, task, size) in a fresh process: peak resident set (ru_maxrss) and its rise
+         over the resident set just before the call; CUDA: torch.cuda.max_memory_allocated.
+quality: PSNR of the reduced-precision outputs against fast-fp32 (images mapped to [0, 1], not
+         clamped), SR and DS of the sample photos at tau 0 and at tau 0.8 with shared noise.
+4k:      `sdflow sr` of a 960x540 image to 3840x2160 in a fresh process, peak ru_maxrss: the
+         library path with the defaults recommended to the CLI (fast fp32, auto tile), and the
+         `sdflow sr` command as installed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE = REPO.parent / "shared" / "fixtures" / "official_parity.pt"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PATHS = ["authors", "model", "fast-fp32", "fast-bf16", "fast-fp16"]
+SR_SIZES = [64, 128]      # LR sides
+DS_SIZES = [256, 512]     # HR sides
+GIB = 2 ** 30
+
+
+def bench_model(device="cpu"):
+    """The benchmark's paper-size model with random-but-perturbed weights."""
+    import torch
+
+    import sdflow
+    from sdflow.config import ModelConfig
+    from sdflow.model import SDFlow
+
+    if FIXTURE.is_file():
+        fx = torch.load(FIXTURE, weights_only=True)
+        with tempfile.TemporaryDirectory() as d:
+            for name, sd in fx["state_dicts"].items():
+                torch.save(sd, Path(d) / f"{name}.pth")
+            return sdflow.load(d, device=device), "parity fixture weights"
+    torch.manual_seed(0)
+    model = SDFlow(ModelConfig.preset("paper"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("out_log_scale"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 - 0.5)
+            elif "conv3" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.to(device).eval(), "seeded perturbed weights (fixture not found)"
+
+
+def make_runner(model, path):
+    """f(task, x, tau) for one path."""
+    import torch
+
+    if path == "authors":
+        from authors_path import AuthorsPath
+
+        a = AuthorsPath(model)
+        return lambda task, x, tau: a.super_resolve(x, tau) if task == "sr" else a.downscale(x, tau)
+    if path == "model":
+        def run(task, x, tau):
+            with torch.no_grad():
+                return model.super_resolve(x, tau) if task == "sr" else model.downscale(x, tau)
+        return run
+    from sdflow.fast import FastSDFlow
+
+    fast = FastSDFlow(model, path.split("-")[1])
+    return lambda task, x, tau: fast.super_resolve(x, tau) if task == "sr" else fast.downscale(x, tau)
+
+
+def _sync(device):
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _image(task, side, device):
+    import torch
+
+    g = torch.Generator().manual_seed(side)
+    return (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(device)
+
+
+def speed(device, repeats, sr_sizes, ds_sizes, fp16_all):
+    import torch
+
+    model, source = bench_model(device)
+    print(f"\n## speed ({device}, torch {torch.__version__}, {torch.get_num_threads()} threads; {source})")
+    from authors_path import AuthorsPath
+
+    lr, hr = _image("sr", 24, device), _image("ds", 64, device)
+    err_sr, err_ds = AuthorsPath(model).check(lr, hr)
+    print(f"authors-path emulation vs model: relative error SR {err_sr:.1e}, DS {err_ds:.1e}")
+    runners = {p: make_runner(model, p) for p in PATHS}
+    print(f"{'task':<4} {'input':>9} {'path':<10} {'median s':>9} {'s/out MP':>9} {'speed-up':>9}  rounds")
+    for task, sizes in (("sr", sr_sizes), ("ds", ds_sizes)):
+        for side in sizes:
+            x = _image(task, side, device)
+            out_mp = (side * 4 if task == "sr" else side // 4) ** 2 / 1e6
+            paths = [p for p in PATHS if p != "fast-fp16" or device == "cuda" or fp16_all or side == sizes[0]]
+            times = {p: [] for p in paths}
+            for p in paths:  # warm-up
+                runners[p](task, x, 0.8)
+            for _ in range(repeats):
+                for p in paths:
+                    if p == "fast-fp16" and device == "cpu" and times[p]:
+                        continue  # one timing is enough to show it is slow on a CPU
+                    _sync(device)
+                    t = time.perf_counter()
+                    runners[p](task, x, 0.8)
+                    _sync(device)
+                    times[p].append(time.perf_counter() - t)
+            base = statistics.median(times["authors"])
+            for p in paths:
+                med = statistics.median(times[p])
+                print(f"{task:<4} {f'{side}x{side}':>9} {p:<10} {med:9.3f} {med / out_mp:9.2f} {base / med:8.2f}x  "
+                      f"{' '.join(f'{t:.2f}' for t in times[p])}")
+
+
+# ----- memory -------------------------------------------------------------------------------
+
+def _current_rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def memory_child(path, task, side, device):
+    import torch
+
+    model, _ = bench_model(device)
+    run = make_runner(model, path)
+    run(task, _image(task, 16 if task == "sr" else 32, device), 0.8)  # warm-up at a tiny size
+    x = _image(task, side, device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _current_rss()
+    run(task, x, 0.8)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        rise = peak - before
+    else:
+        peak = _peak_rss()
+        rise = peak - before
+    print(json.dumps({"peak": peak, "rise": rise}))
+
+
+def _child(args):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, __file__] + args, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(device, sr_sizes, ds_sizes):
+    from sdflow.config import ModelConfig
+    from sdflow.tiling import estimate_memory
+
+    paper = ModelConfig.preset("paper")
+    print(f"\n## peak memory ({device}; each in a fresh process)")
+    what = "max_memory_allocated" if device == "cuda" else "ru_maxrss"
+    print(f"{'task':<4} {'input':>9} {'path':<10} {'peak MiB':>9} {'rise MiB':>9} {'B/in px':>8} {'est B/px':>8}"
+          f"   ({what}; rise = peak - before the call)")
+    for task, sizes in (("sr", sr_sizes), ("ds", ds_sizes)):
+        for side in sizes:
+            for p in ["authors", "model", "fast-fp32", "fast-bf16"]:
+                r = _child(["--child-memory", p, task, str(side), device])
+                est = estimate_memory(paper, task, p.split("-")[1] if p.startswith("fast") else "fp32",
+                                      fast=p.startswith("fast"))
+                print(f"{task:<4} {f'{side}x{side}':>9} {p:<10} {r['peak'] / 2**20:9.0f} {r['rise'] / 2**20:9.0f} "
+                      f"{r['rise'] / side ** 2:8.0f} {est:8.0f}")
+
+
+# ----- quality of reduced precision ------------------------------------------------------
+
+def quality(device):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sdflow.fast import FastSDFlow
+
+    model, source = bench_model(device)
+    print(f"\n## reduced precision against fast-fp32 ({device}; {source})")
+    samples = sorted((REPO / "src" / "sdflow" / "assets" / "samples").glob("*.png"))
+    fast = {p: FastSDFlow(model, p) for p in ("fp32", "bf16", "fp16")}
+    precisions = ["bf16", "fp16"]
+    print(f"{'task':<4} {'tau':>4} {'precision':<9} {'PSNR dB':>8} {'max |d| (8-bit levels)':>24}")
+    rows = {}
+    for path in samples:
+        img = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 127.5 - 1)
+        img = img.permute(2, 0, 1)[None, :, :256, :256].to(device)
+        lr = torch.nn.functional.avg_pool2d(img, 4)
+        for task, x in (("sr", lr), ("ds", img)):
+            for tau in (0.0, 0.8):
+                g = torch.Generator(device=device).manual_seed(0)
+                if task == "sr":
+                    z = model.sample_hf_latent(x, tau, g)
+                    outs = {p: f.super_resolve(x, hf_latent=z) for p, f in fast.items()}
+                else:
+                    z = model.sample_deg_latent(x, tau, generator=g)
+                    outs = {p: f.downscale(x, deg_latent=z) for p, f in fast.items()}
+                for p in precisions:
+                    d = (outs[p] - outs["fp32"]) / 2
+                    rows.setdefault((task, tau, p), []).append(
+                        (10 * np.log10(1.0 / max(d.pow(2).mean().item(), 1e-20)), d.abs().max().item() * 255))
+    for (task, tau, p), v in rows.items():
+        psnr = min(r[0] for r in v)
+        mx = max(r[1] for r in v)
+        print(f"{task:<4} {tau:>4} {p:<9} {psnr:8.1f} {mx:24.2f}   (worst of {len(v)} photos)")
+
+
+# ----- the 4K SR memory check ------------------------------------------------------------
+
+def fourk_child(model_file, image_file, out_file):
+    """What `sdflow sr` should do by default: fast fp32 path, auto tile, then write the PNG."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import sdflow
+    from sdflow.fast import FastSDFlow
+    from sdflow.tiling import DEFAULT_SR_TILE_PAD, auto_tile, tiled_super_resolve
+
+    t0 = time.perf_counter()
+    model = FastSDFlow(sdflow.load(model_file))
+    x = torch.from_numpy(np.asarray(Image.open(image_file).convert("RGB"), dtype=np.float32) / 127.5 - 1)
+    x = x.permute(2, 0, 1)[None].contiguous()
+    tile = auto_tile(model, x.shape[2], x.shape[3], "sr")
+    y = tiled_super_resolve(model, x, tile, DEFAULT_SR_TILE_PAD, 0.8, torch.Generator().manual_seed(0))
+    if not bool(torch.isfinite(y).all()):
+        raise SystemExit("non-finite output")
+    rgb = ((y[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    del y
+    Image.fromarray(rgb).save(out_file)
+    print(json.dumps({"peak": _peak_rss(), "tile": tile, "seconds": time.perf_counter() - t0,
+                      "shape": list(rgb.shape)}))
+
+
+def fourk(sr_budget=2 * GIB):
+    from PIL import Image
+
+    from sdflow.checkpoints import save_model
+
+    print("\n## sdflow sr of a 960x540 image to 3840x2160 (cpu, fresh process, peak ru_maxrss; target <= 2 GiB)")
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        model, source = bench_model("cpu")
+        save_model(model, d / "model.safetensors")
+        del model
+        photo = Image.open(REPO / "src" / "sdflow" / "assets" / "samples" / "astronaut.png").convert("RGB")
+        photo.resize((960, 540), Image.BICUBIC).save(d / "in.png")
+        r = _child(["--child-4k", str(d / "model.safetensors"), str(d / "in.png"), str(d / "out.png")])
+        verdict = "meets" if r["peak"] <= sr_budget else "MISSES"
+        print(f"library path (fast fp32, auto tile {r['tile']}, pad 16): peak {r['peak'] / GIB:.2f} GiB, "
+              f"{r['seconds']:.0f} s, output {r['shape'][1]}x{r['shape'][0]}: {verdict} the target")
+        # The installed command, as it is wired now.
+        cmd = [sys.executable, "-m", "sdflow", "sr", "-i", str(d / "in.png"), "-o", str(d / "cli"),
+               "--model", str(d / "model.safetensors"), "--quiet"]
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        # RUSAGE_CHILDREN is the largest of all waited-for children: run this last.
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+        verdict = "meets" if peak <= sr_budget else "MISSES"
+        print(f"`sdflow sr` as installed ({' '.join(cmd[3:5])} ...): peak {peak / GIB:.2f} GiB "
+              f"(largest child so far), {time.perf_counter() - t0:.0f} s, {status}: {verdict} the target")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--parts", nargs="+", default=["speed", "memory", "quality", "4k"],
+                    choices=["speed", "memory", "quality", "4k"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--sr-sizes", type=int, nargs="+", default=SR_SIZES, help="LR sides for SR")
+    ap.add_argument("--ds-sizes", type=int, nargs="+", default=DS_SIZES, help="HR sides for DS")
+    ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    ap.add_argument("--fp16-all-sizes", action="store_true", help="time fp16 at every size on CPU too")
+    ap.add_argument("--child-memory", nargs=4, metavar=("PATH", "TASK", "SIDE", "DEVICE"), help=argparse.SUPPRESS)
+    ap.add_argument("--child-4k", nargs=3, metavar=("MODEL", "IMAGE", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child_memory:
+        p, task, side, device = args.child_memory
+        return memory_child(p, task, int(side), device)
+    if args.child_4k:
+        return fourk_child(*args.child_4k)
+
+    import platform
+
+    import torch
+
+    devices = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    print(f"# bench_inference: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, devices {devices}")
+    for device in devices:
+        if "speed" in args.parts:
+            speed(device, args.repeats, args.sr_sizes, args.ds_sizes, args.fp16_all_sizes)
+        if "memory" in args.parts:
+            memory(device, args.sr_sizes, args.ds_sizes)
+        if "quality" in args.parts:
+            quality(device)
+    if "4k" in args.parts:
+        fourk()
+
+
+if __name__ == "__main__":
+    main()

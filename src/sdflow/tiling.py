@@ -1,0 +1,259 @@
+"""Tiled SR and DS: large images in bounded memory, with blended seams and seamless noise.
+
+The image is cut into a grid of tiles. Each tile's core (of about `tile` input pixels per side)
+is extended by `tile_pad` input pixels of context on every side that is not an image border,
+run through the model, and the overlapping outputs are blended with a raised-cosine window: a
+tile's weight falls from 1 to 0 across the `tile_pad` pixels centred on each boundary between
+cores, and the weights of all tiles sum to 1 everywhere. A tile's output is least accurate near
+its own edges (the convolutions there see padding instead of the neighbouring image); wherever a
+tile has weight it has at least tile_pad / 2 pixels of real context, and the gradual hand-over
+leaves no line where the tiles meet.
+
+Noise is drawn once for the whole image, exactly as the untiled model would draw it with the
+same generator (SR: z'_h, 45 channels at LR size; DS: z'_d, 12 channels at HR/8), and each tile
+runs with its crop of that field; the tiles therefore agree where they overlap, and a tiling with
+one tile reproduces the untiled call exactly. Tiling changes the result only through the limited
+context of each tile; docs/performance.md gives the measured bound (at tau = 0 and at tau > 0).
+
+DS tiles respect the model's geometry: the image is first padded as `downscale` pads it (edge
+replication to a multiple of 8, at least 16), and every tile starts and ends on a multiple of 8 HR
+pixels, so that the squeezes of f_HR and f_Deg group the same pixels as in the whole image and
+the noise field crops exactly.
+
+`model` is an `SDFlow` or a `sdflow.fast.FastSDFlow` (anything with `super_resolve` /
+`downscale` taking `hf_latent` / `deg_latent`, and `sample_hf_latent` / `sample_deg_latent`).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from sdflow.model import HR_MULTIPLE, MIN_HR_SIDE, MIN_LR_SIDE, SCALE, _check_image, _pad_to, padded_hr_size
+
+__all__ = ["tiled_super_resolve", "tiled_downscale", "auto_tile", "estimate_memory", "plan_tiles",
+           "Span", "MIN_SR_TILE", "MIN_DS_TILE", "DEFAULT_SR_TILE_PAD", "DEFAULT_DS_TILE_PAD",
+           "DEFAULT_MEMORY_BUDGET"]
+
+MIN_SR_TILE = 8                 # LR pixels
+MIN_DS_TILE = 2 * HR_MULTIPLE   # HR pixels
+# Context around each tile, in input pixels (docs/performance.md: error against context).
+DEFAULT_SR_TILE_PAD = 16
+DEFAULT_DS_TILE_PAD = 32
+# Activation memory that `auto_tile` lets one model call use.
+DEFAULT_MEMORY_BUDGET = 768 * 2**20
+# The blend ramp spans this fraction of the 2 * tile_pad overlap, centred on the boundary. Outputs
+# within tile_pad / 2 of a tile's edge then get no weight at all; feathering across the whole
+# overlap instead measured 10-1000 times larger tiled-vs-untiled errors (docs/performance.md).
+FEATHER = 0.5
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis, in input pixels: the core [core0, core1) that the tile is
+    responsible for, and the extent [ext0, ext1) that it is run on."""
+    core0: int
+    core1: int
+    ext0: int
+    ext1: int
+
+
+def plan_tiles(n: int, tile: int, pad: int, align: int = 1, min_size: int = 1) -> List[Span]:
+    """Split [0, n) into ceil(n / tile) cores of nearly equal size, with boundaries on multiples
+    of `align` (n must be one), each extended by `pad` on inner sides and grown to at least
+    `min_size` where the image allows."""
+    if n % align:
+        raise ValueError(f"length {n} is not a multiple of {align}")
+    if tile < align:
+        raise ValueError(f"tile {tile} is smaller than the alignment {align}")
+    units = n // align
+    k = min(-(-n // tile), units)
+    bounds = [align * ((i * units + k // 2) // k) for i in range(k + 1)]
+    spans = []
+    for c0, c1 in zip(bounds[:-1], bounds[1:]):
+        e0, e1 = max(c0 - pad, 0), min(c1 + pad, n)
+        short = min_size - (e1 - e0)
+        if short > 0:
+            grow = min(short, n - e1)
+            e1 += grow
+            e0 = max(e0 - (short - grow), 0)
+        spans.append(Span(c0, c1, e0, e1))
+    return spans
+
+
+def _window(spans: Sequence[Span], n: int, pad: int, ratio: float, device) -> List[torch.Tensor]:
+    """Per span, the blending weights of its output pixels (output = input * ratio), normalised
+    so that the weights of all spans sum to 1 at every output pixel."""
+    weights = []
+    for s in spans:
+        o0, o1 = round(s.ext0 * ratio), round(s.ext1 * ratio)
+        # Output pixel centres in input coordinates.
+        p = (torch.arange(o0, o1, dtype=torch.float64, device=device) + 0.5) / ratio
+        w = torch.ones_like(p)
+        if pad == 0:
+            w = ((p >= s.core0) & (p < s.core1)).double()
+        else:
+            half = FEATHER * pad
+            if s.core0 > 0:
+                w = w * _ramp((p - (s.core0 - half)) / (2 * half))
+            if s.core1 < n:
+                w = w * _ramp(((s.core1 + half) - p) / (2 * half))
+        weights.append(w)
+    total = torch.zeros(round(n * ratio), dtype=torch.float64, device=device)
+    for s, w in zip(spans, weights):
+        total[round(s.ext0 * ratio):round(s.ext1 * ratio)] += w
+    return [(w / total[round(s.ext0 * ratio):round(s.ext1 * ratio)]).float() for s, w in zip(spans, weights)]
+
+
+def _ramp(t: torch.Tensor) -> torch.Tensor:
+    # Raised cosine: ramp(t) + ramp(1 - t) = 1, so two neighbours' weights already sum to 1.
+    return 0.5 - 0.5 * torch.cos(math.pi * t.clamp(0, 1))
+
+
+def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, out_hw):
+    """The generic tiler: x [B,3,H,W] (H, W multiples of align), latent at x's size / latent_div,
+    run(x_tile, latent_tile) -> output at ratio times the tile's size."""
+    b, _, h, w = x.shape
+    ys = plan_tiles(h, tile, pad, align, min_size)
+    xs = plan_tiles(w, tile, pad, align, min_size)
+    wy = _window(ys, h, pad, ratio, x.device)
+    wx = _window(xs, w, pad, ratio, x.device)
+    out = torch.zeros(b, 3, round(h * ratio), round(w * ratio), dtype=torch.float32, device=x.device)
+    for sy, wy_i in zip(ys, wy):
+        for sx, wx_j in zip(xs, wx):
+            xt = x[..., sy.ext0:sy.ext1, sx.ext0:sx.ext1]
+            lt = None if latent is None else latent[..., sy.ext0 // latent_div:sy.ext1 // latent_div,
+                                                    sx.ext0 // latent_div:sx.ext1 // latent_div]
+            yt = run(xt, lt)
+            if not bool(torch.isfinite(yt).all()):
+                warnings.warn(f"non-finite values in the tile at rows {sy.ext0}:{sy.ext1}, columns "
+                              f"{sx.ext0}:{sx.ext1} of the input", RuntimeWarning, stacklevel=3)
+            oy, ox = round(sy.ext0 * ratio), round(sx.ext0 * ratio)
+            region = out[..., oy:oy + yt.shape[-2], ox:ox + yt.shape[-1]]
+            region.addcmul_(yt.float(), wy_i[:, None] * wx_j[None, :])
+            del yt
+    return out[..., :out_hw[0], :out_hw[1]]
+
+
+def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
+                        tile_pad: int = DEFAULT_SR_TILE_PAD, tau: float = 0.8,
+                        generator: Optional[torch.Generator] = None,
+                        hf_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`model.super_resolve(lr, tau, generator)` computed in tiles of about `tile` x `tile` LR
+    pixels (None, or a tile covering the image: one call) with `tile_pad` LR pixels of context.
+    The noise is the untiled call's: the same generator gives the same field."""
+    _check_image(lr, "lr")
+    h, w = lr.shape[-2:]
+    if tile is not None and tile < MIN_SR_TILE:
+        raise ValueError(f"SR tile must be at least {MIN_SR_TILE} LR pixels, got {tile}")
+    if tile_pad < 0:
+        raise ValueError(f"tile_pad must be >= 0, got {tile_pad}")
+    with torch.inference_mode():
+        if tile is None or (tile >= h and tile >= w) or min(h, w) < MIN_LR_SIDE:
+            return model.super_resolve(lr, tau, generator, hf_latent=hf_latent)
+        if hf_latent is None and tau >= 1e-6:
+            hf_latent = model.sample_hf_latent(lr, tau, generator)
+
+        def run(xt, lt):
+            return model.super_resolve(xt, tau=0.0, hf_latent=lt)
+
+        return _run_tiled(lr, hf_latent, 1, SCALE, tile, tile_pad, 1, MIN_LR_SIDE, run, (SCALE * h, SCALE * w))
+
+
+def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pad: int = DEFAULT_DS_TILE_PAD,
+                    tau: float = 0.8, component: Optional[Union[int, Sequence[int]]] = None,
+                    sampler: str = "image", generator: Optional[torch.Generator] = None,
+                    deg_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """`model.downscale(hr, tau, component, sampler, generator=generator)` computed in tiles of
+    about `tile` x `tile` HR pixels (None, or a tile covering the image: one call) with
+    `tile_pad` HR pixels of context. Both are rounded to multiples of 8 (tile down, at least 16;
+    tile_pad up). The degradation latent is the untiled call's: the same generator gives the same
+    field, and with sampler "image" one mixture component for the whole image."""
+    _check_image(hr, "hr")
+    h, w = hr.shape[-2:]
+    if tile is not None and tile < MIN_DS_TILE:
+        raise ValueError(f"DS tile must be at least {MIN_DS_TILE} HR pixels, got {tile}")
+    if tile_pad < 0:
+        raise ValueError(f"tile_pad must be >= 0, got {tile_pad}")
+    with torch.inference_mode():
+        ph, pw = padded_hr_size(h, w)
+        if tile is None or (tile >= ph and tile >= pw):
+            return model.downscale(hr, tau, component, sampler, deg_latent=deg_latent, generator=generator)
+        if deg_latent is None:
+            deg_latent = model.sample_deg_latent(hr, tau, component, sampler, generator)
+        tile = tile // HR_MULTIPLE * HR_MULTIPLE
+        tile_pad = -(-tile_pad // HR_MULTIPLE) * HR_MULTIPLE
+        padded = _pad_to(hr, ph, pw)
+
+        def run(xt, lt):
+            return model.downscale(xt, deg_latent=lt)
+
+        return _run_tiled(padded, deg_latent, HR_MULTIPLE, 1 / SCALE, tile, tile_pad, HR_MULTIPLE, MIN_HR_SIDE,
+                          run, (math.ceil(h / SCALE), math.ceil(w / SCALE)))
+
+
+# ----- choosing the tile size -------------------------------------------------------------
+
+def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: bool = True) -> float:
+    """Estimated peak activation memory of one model call, in bytes per INPUT pixel (SR: per LR
+    pixel, DS: per HR pixel), for a model of `config` (a ModelConfig).
+
+    The rule: the largest set of tensors alive at once, stage by stage, counted in values per
+    LR pixel; the stage with the most decides, times 4 bytes (float32; the convolutional nets'
+    activations count 2 bytes at bf16 / fp16), times 1.5 for the allocator's slack. The plain
+    model keeps more temporaries alive (its concatenations and padded copies): 1.7 times more,
+    as measured by benchmarks/bench_inference.py, which also prints this estimate beside the
+    measured peaks so the rule can be checked for a new machine or config.
+    """
+    if mode not in ("sr", "ds"):
+        raise ValueError(f"mode must be 'sr' or 'ds', got {mode!r}")
+    net_bytes = 2 if precision in ("bf16", "fp16") else 4
+    hid, cond, g, ce = config.coupling_hidden, config.cond_channels, config.rrdb_growth, config.extractor_channels
+    # (values held at float32, values of net activations) per LR pixel
+    cond_net = (cond + 45, 5 * cond + 9 * g)
+    if mode == "sr":
+        stages = [
+            (0, 7 * ce),                                      # E: a, m, t, modulation, conv temporaries
+            cond_net,                                         # f_HF's RRDB condition net on z_c
+            (3 * 45 + 3, 2 * cond + 23 + 2 * hid + 90),       # f_HF^-1: z, scale/shift; u, buffer, hidden
+            (4 * (3 * 12) + 48 + 3, 4 * (6 + 2 * hid)),       # f_HR^-1 at HR/2: z, output; hidden
+        ]
+        per_lr_pixel = max(f * 4 + n * net_bytes for f, n in stages)
+        per_input_pixel = per_lr_pixel
+    else:
+        stages = [
+            (4 * 3 * 12 / 4 + 3 * 3, 4 * (6 + 2 * hid) / 4 * 4),   # f_HR at HR/2 (per LR pixel: x4)
+            (3 + 12 + 3, 5 * cond + 9 * g),                        # f_Deg's condition net at LR size
+            (3 * 12 / 4 + 6, (2 * cond + 6 + 2 * hid + 24) / 4),   # f_Deg^-1 at LR/2
+        ]
+        per_lr_pixel = max(f * 4 + n * net_bytes for f, n in stages)
+        per_input_pixel = per_lr_pixel / SCALE ** 2
+    slack = 1.5 if fast else 1.5 * 1.7
+    return per_input_pixel * slack
+
+
+def auto_tile(config, height: int, width: int, mode: str = "sr", tile_pad: Optional[int] = None,
+              memory_budget: int = DEFAULT_MEMORY_BUDGET, precision: str = "fp32",
+              fast: bool = True) -> Optional[int]:
+    """A tile size (input pixels) that keeps one model call's activations within `memory_budget`
+    bytes for an image of height x width input pixels, or None when the whole image fits.
+
+    Rule: with b = estimate_memory(config, mode, precision, fast) bytes per input pixel, a call
+    on an extent of A input pixels needs about A * b bytes. If height * width * b fits the budget,
+    no tiling; otherwise the largest square extent that fits, minus the context on both sides:
+    tile = floor(sqrt(budget / b)) - 2 * tile_pad, rounded down to a multiple of 8 and at least
+    the minimum tile. Besides the tiles, the full-size output (48 bytes per LR pixel for SR) and
+    the SR noise field (180 bytes per LR pixel when tau > 0) stay in memory.
+    `config` may also be a model (its `.config` is used).
+    """
+    config = getattr(config, "config", config)
+    pad = (DEFAULT_SR_TILE_PAD if mode == "sr" else DEFAULT_DS_TILE_PAD) if tile_pad is None else tile_pad
+    per_pixel = estimate_memory(config, mode, precision, fast)
+    if height * width * per_pixel <= memory_budget:
+        return None
+    side = int(math.sqrt(memory_budget / per_pixel)) - 2 * pad
+    minimum = MIN_SR_TILE if mode == "sr" else MIN_DS_TILE
+    return max(side // 8 * 8, minimum)

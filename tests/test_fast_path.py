@@ -1,0 +1,149 @@
+"""The fused inference path (sdflow.fast) gives the model's results, and the latent hooks."""
+from pathlib import Path
+
+import pytest
+import torch
+
+import sdflow
+from sdflow.config import ModelConfig
+from sdflow.fast import FastSDFlow, _content_program, _Program, _Spec, prepare
+from sdflow.model import SDFlow
+
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_parity.pt"
+
+
+def perturbed(preset="tiny", seed=0):
+    """Random weights everywhere (no coupling or injector is the identity), outputs in a sane range."""
+    torch.manual_seed(seed)
+    model = SDFlow(ModelConfig.preset(preset))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("out_log_scale"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 - 0.5)
+            elif "conv3" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.eval()
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return perturbed()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fast_matches_model_tiny(tiny, channels_last):
+    fast = FastSDFlow(tiny, "fp32", channels_last)
+    lr = torch.rand(2, 3, 9, 7) * 2 - 1
+    hr = torch.rand(2, 3, 30, 42) * 2 - 1  # not multiples of 8: exercises the padding
+    with torch.no_grad():
+        for tau in (0.0, 0.9):
+            ref = tiny.super_resolve(lr, tau, seeded(3))
+            out = fast.super_resolve(lr, tau, seeded(3))
+            assert out.shape == ref.shape and rel_err(out, ref) < 1e-4
+            for sampler in ("image", "element"):
+                ref = tiny.downscale(hr, tau, component=[1, 2], sampler=sampler, generator=seeded(4))
+                out = fast.downscale(hr, tau, component=[1, 2], sampler=sampler, generator=seeded(4))
+                assert out.shape == ref.shape and rel_err(out, ref) < 1e-4
+        # Outputs really depend on the noise (the comparison above is not of two constants).
+        assert rel_err(fast.super_resolve(lr, 0.9, seeded(5)), fast.super_resolve(lr, 0.9, seeded(3))) > 1e-3
+
+
+def test_fused_programs_match_the_flows(tiny):
+    y = torch.rand(2, 3, 16, 24) * 2 - 1
+    spec = _Spec(torch.float32, torch.contiguous_format, tiny.device)
+    with torch.no_grad():
+        z, _ = tiny.f_hr(y)
+        assert rel_err(_Program.forward_of(tiny.f_hr, spec)(y), z) < 1e-5
+        # The cut-down program computes only z_c, and computes it right.
+        z_c = _content_program(tiny.f_hr, spec)(y)
+        assert z_c.shape == (2, 3, 4, 6) and rel_err(z_c, z[:, :3]) < 1e-5
+        assert rel_err(_Program.inverse_of(tiny.f_hr, spec)(z), y) < 1e-5
+
+
+def test_fast_path_leaves_the_model_alone_and_is_a_snapshot(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    fast = tiny.fuse_for_inference()
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+    assert tiny.training is False and all(p.requires_grad for p in tiny.parameters())
+    lr = torch.rand(1, 3, 6, 6) * 2 - 1
+    out = fast.super_resolve(lr, 0.0)
+    with torch.no_grad():
+        tiny.f_hr.levels[0].steps[0].actnorm.loc.add_(0.5)
+        try:
+            changed = tiny.super_resolve(lr, 0.0)
+        finally:
+            tiny.f_hr.levels[0].steps[0].actnorm.loc.sub_(0.5)
+    assert not torch.allclose(changed, out, atol=1e-3)
+    assert torch.equal(fast.super_resolve(lr, 0.0), out)
+
+
+def test_drop_in_attributes(tiny):
+    fast = prepare(tiny)
+    assert prepare(fast) is fast
+    assert prepare(fast, "bf16").precision == "bf16"
+    assert fast.config == tiny.config and fast.device == tiny.device and fast.dtype == torch.float32
+    assert fast.deg_prior is tiny.deg_prior
+    with pytest.raises(ValueError, match="precision"):
+        FastSDFlow(tiny, "int8")
+    with pytest.raises(ValueError, match="float32"):
+        FastSDFlow(perturbed().double())
+
+
+def test_bf16_is_close_but_not_identical(tiny):
+    lr = torch.rand(1, 3, 12, 12) * 2 - 1
+    ref = FastSDFlow(tiny).super_resolve(lr, 0.0)
+    out = FastSDFlow(tiny, "bf16").super_resolve(lr, 0.0)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    err = rel_err(out, ref)
+    assert 0 < err < 2e-2
+
+
+def test_latent_hooks_reproduce_the_seeded_calls(tiny):
+    lr = torch.rand(2, 3, 5, 6) * 2 - 1
+    hr = torch.rand(2, 3, 20, 27) * 2 - 1
+    with torch.no_grad():
+        z = tiny.sample_hf_latent(lr, 0.7, seeded(1))
+        assert z.shape == (2, 45, 5, 6)
+        assert torch.equal(tiny.super_resolve(lr, hf_latent=z), tiny.super_resolve(lr, 0.7, seeded(1)))
+        d = tiny.sample_deg_latent(hr, 0.7, component=2, generator=seeded(2))
+        assert d.shape == (2, 12, 3, 4)  # padded to 24 x 32, / 8
+        assert torch.equal(tiny.downscale(hr, deg_latent=d), tiny.downscale(hr, 0.7, 2, generator=seeded(2)))
+        # Sides below 2 are padded: the latent has the padded size.
+        assert tiny.sample_hf_latent(torch.zeros(1, 3, 1, 4)).shape == (1, 45, 2, 4)
+        with pytest.raises(ValueError, match="hf_latent must have shape"):
+            tiny.super_resolve(lr, hf_latent=z[:, :, :4])
+        with pytest.raises(ValueError, match="deg_latent must have shape"):
+            FastSDFlow(tiny).downscale(hr, deg_latent=d[:1])
+
+
+@pytest.fixture(scope="module")
+def paper_parity(tmp_path_factory):
+    if not FIXTURE.is_file():
+        pytest.skip(f"parity fixture not found at {FIXTURE}")
+    fx = torch.load(FIXTURE, weights_only=True)
+    d = tmp_path_factory.mktemp("authors")
+    for name, sd in fx["state_dicts"].items():
+        torch.save(sd, d / f"{name}.pth")
+    return sdflow.load(d), fx
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_fast_paper_reproduces_the_authors_outputs(paper_parity, channels_last):
+    model, fx = paper_parity
+    fast = FastSDFlow(model, "fp32", channels_last)
+    inp, out = fx["inputs"], fx["outputs"]
+    assert rel_err(fast.super_resolve(inp["lr"].float(), tau=0), out["sr.image_tau0"]) < 1e-4
+    assert rel_err(fast.hr_content(inp["hr"].float()), out["hr.content"]) < 1e-4
+    ds = fast.downscale(inp["hr"].float(), deg_latent=inp["ds.deg_sample"].float())
+    assert rel_err(ds, out["ds.image"]) < 1e-4

@@ -1,0 +1,167 @@
+"""Tiled SR / DS: tile geometry, seamless blending, shared noise, and the tiled-vs-untiled bound."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sdflow.fast import FastSDFlow
+from sdflow.model import deg_latent_shape, hf_latent_shape, padded_hr_size
+from sdflow.tiling import (DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, auto_tile, estimate_memory, plan_tiles,
+                           tiled_downscale, tiled_super_resolve)
+from test_fast_path import perturbed, seeded
+
+from sdflow.config import ModelConfig
+
+
+def levels(a, b):
+    """(max, mean) absolute difference in 8-bit levels of images in [-1, 1]."""
+    d = (a - b).abs() * 127.5
+    return d.max().item(), d.mean().item()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return perturbed()
+
+
+@pytest.mark.parametrize("n,tile,pad,align,min_size", [(37, 10, 3, 1, 2), (100, 100, 5, 1, 2), (9, 8, 0, 1, 2),
+                                                       (64, 16, 8, 8, 16), (200, 48, 16, 8, 16), (24, 16, 0, 8, 16)])
+def test_plan_tiles_covers_the_axis(n, tile, pad, align, min_size):
+    spans = plan_tiles(n, tile, pad, align, min_size)
+    assert len(spans) == min(math.ceil(n / tile), n // align)
+    assert spans[0].core0 == 0 and spans[-1].core1 == n
+    for a, b in zip(spans[:-1], spans[1:]):
+        assert a.core1 == b.core0
+    for s in spans:
+        assert 0 <= s.ext0 <= s.core0 < s.core1 <= s.ext1 <= n
+        assert s.core1 - s.core0 <= max(tile, align)
+        assert s.ext0 % align == 0 and s.ext1 % align == 0
+        assert s.ext1 - s.ext0 >= min(min_size, n)
+        assert s.ext0 == 0 or s.ext0 <= s.core0 - pad
+        assert s.ext1 == n or s.ext1 >= s.core1 + pad
+
+
+class Upsampler:
+    """A stand-in model whose output is a local function of input and noise: a tiled run must
+    then reproduce the untiled one exactly, which checks the blending weights (they must sum to
+    1 everywhere) and that every tile gets its own crop of the image and of the noise field."""
+
+    def sample_hf_latent(self, lr, tau=0.8, generator=None):
+        return torch.randn(hf_latent_shape(lr.shape), generator=generator) * tau
+
+    def sample_deg_latent(self, hr, tau=0.8, component=None, sampler="image", generator=None):
+        return torch.randn(deg_latent_shape(hr.shape), generator=generator) * tau
+
+    def super_resolve(self, lr, tau=0.8, generator=None, hf_latent=None):
+        if hf_latent is None:
+            hf_latent = self.sample_hf_latent(lr, tau, generator)
+        return F.interpolate(lr + hf_latent[:, :3], scale_factor=4, mode="nearest")
+
+    def downscale(self, hr, tau=0.8, component=None, sampler="image", deg_latent=None, generator=None):
+        h, w = hr.shape[-2:]
+        if deg_latent is None:
+            deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
+        ph, pw = padded_hr_size(h, w)
+        hr = F.pad(hr, (0, pw - w, 0, ph - h), mode="replicate")
+        x = F.avg_pool2d(hr, 4) + F.interpolate(deg_latent[:, :3], scale_factor=2, mode="nearest")
+        return x[..., :math.ceil(h / 4), :math.ceil(w / 4)]
+
+
+@pytest.mark.parametrize("tile,pad", [(8, 0), (8, 3), (10, 4), (13, 16), (16, 2)])
+def test_tiles_blend_to_the_untiled_result_for_a_local_model(tile, pad):
+    model, lr = Upsampler(), torch.rand(2, 3, 29, 37)
+    ref = model.super_resolve(lr, 1.0, seeded(0))
+    out = tiled_super_resolve(model, lr, tile, pad, 1.0, seeded(0))
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("tile,pad", [(16, 0), (16, 8), (24, 5), (40, 32)])
+def test_ds_tiles_blend_to_the_untiled_result_for_a_local_model(tile, pad):
+    model, hr = Upsampler(), torch.rand(1, 3, 75, 101)
+    ref = model.downscale(hr, 1.0, generator=seeded(0))
+    out = tiled_downscale(model, hr, tile, pad, 1.0, generator=seeded(0))
+    assert out.shape == ref.shape == (1, 3, 19, 26) and torch.allclose(out, ref, atol=1e-5)
+
+
+def test_one_tile_is_the_untiled_call_with_the_same_noise(tiny):
+    lr = torch.rand(1, 3, 20, 24) * 2 - 1
+    hr = torch.rand(1, 3, 60, 44) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tiled_super_resolve(tiny, lr, 24, 4, 0.8, seeded(7)), tiny.super_resolve(lr, 0.8, seeded(7)))
+        assert torch.equal(tiled_super_resolve(tiny, lr, None, 4, 0.8, seeded(7)),
+                           tiny.super_resolve(lr, 0.8, seeded(7)))
+        assert torch.equal(tiled_downscale(tiny, hr, 64, 8, 0.8, generator=seeded(7)),
+                           tiny.downscale(hr, 0.8, generator=seeded(7)))
+
+
+def test_tau0_bound_tiny():
+    """The tiled-vs-untiled bound at the default context (docs/performance.md)."""
+    model = FastSDFlow(perturbed(seed=1))
+    lr = torch.rand(1, 3, 40, 56) * 2 - 1
+    ref = model.super_resolve(lr, 0.0)
+    out = tiled_super_resolve(model, lr, 16, DEFAULT_SR_TILE_PAD, 0.0)
+    mx, mean = levels(out, ref)
+    assert mx < 0.05 and mean < 0.005
+    hr = torch.rand(1, 3, 160, 200) * 2 - 1
+    ref = model.downscale(hr, 0.0, component=0)
+    out = tiled_downscale(model, hr, 64, DEFAULT_DS_TILE_PAD, 0.0, component=0)
+    mx, mean = levels(out, ref)
+    assert mx < 0.05 and mean < 0.005
+    # Without context the seams are visible: the bound above is the context's doing.
+    assert levels(tiled_super_resolve(model, lr, 16, 0, 0.0), model.super_resolve(lr, 0.0))[0] > 1
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_noise_agrees_across_tilings(tiny, mode):
+    fast = FastSDFlow(tiny)
+    if mode == "sr":
+        x = torch.rand(1, 3, 36, 44) * 2 - 1
+        run = lambda t, p: tiled_super_resolve(fast, x, t, p, 0.9, seeded(11))  # noqa: E731
+        tilings = [(12, 8), (20, 12)]
+        ref = tiny.super_resolve(x, 0.9, seeded(11))
+    else:
+        x = torch.rand(1, 3, 136, 168) * 2 - 1
+        run = lambda t, p: tiled_downscale(fast, x, t, p, 0.9, component=[0, 3], generator=seeded(11))  # noqa: E731
+        tilings = [(48, 64), (80, 64)]
+        ref = tiny.downscale(x, 0.9, component=[0, 3], generator=seeded(11))
+    a, b = (run(*t) for t in tilings)
+    # The same seed gives the same noise field, hence nearly the same image under any tiling,
+    # and nearly the untiled image; another seed gives a different one.
+    assert levels(a, b)[0] < 0.05 and levels(a, ref)[0] < 0.05
+    other = (tiled_super_resolve(fast, x, 12, 8, 0.9, seeded(12)) if mode == "sr"
+             else tiled_downscale(fast, x, 48, 64, 0.9, component=[0, 3], generator=seeded(12)))
+    assert levels(a, other)[1] > 0.5
+
+
+def test_paper_preset_small_image_bound():
+    model = FastSDFlow(perturbed("paper"))
+    lr = torch.rand(1, 3, 40, 48) * 2 - 1
+    ref = model.super_resolve(lr, 0.8, seeded(0))
+    out = tiled_super_resolve(model, lr, 20, DEFAULT_SR_TILE_PAD, 0.8, seeded(0))
+    mx, mean = levels(out, ref)
+    assert mx < 0.05 and mean < 0.005
+
+
+def test_bad_tiles_are_refused(tiny):
+    with pytest.raises(ValueError, match="at least 8"):
+        tiled_super_resolve(tiny, torch.zeros(1, 3, 20, 20), tile=4)
+    with pytest.raises(ValueError, match="at least 16"):
+        tiled_downscale(tiny, torch.zeros(1, 3, 64, 64), tile=8)
+    with pytest.raises(ValueError, match="tile_pad"):
+        tiled_super_resolve(tiny, torch.zeros(1, 3, 20, 20), tile=8, tile_pad=-1)
+
+
+def test_auto_tile_keeps_within_the_budget():
+    paper = ModelConfig.preset("paper")
+    assert auto_tile(paper, 128, 128, "sr") is None
+    budget = 256 * 2**20
+    for mode, (h, w), pad in [("sr", (540, 960), DEFAULT_SR_TILE_PAD), ("ds", (4000, 6000), DEFAULT_DS_TILE_PAD)]:
+        tile = auto_tile(paper, h, w, mode, memory_budget=budget)
+        assert tile is not None and tile % 8 == 0
+        assert (tile + 2 * pad) ** 2 * estimate_memory(paper, mode) <= budget
+        assert auto_tile(paper, h, w, mode, memory_budget=budget * 4) > tile
+    # Smaller models and lower precision need less memory per pixel.
+    assert estimate_memory(ModelConfig.preset("tiny")) < estimate_memory(paper)
+    assert estimate_memory(paper, precision="bf16") < estimate_memory(paper)
+    assert auto_tile(FastSDFlow(perturbed()), 100, 100) is None  # a model is accepted for its config
