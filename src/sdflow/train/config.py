@@ -1,0 +1,322 @@
+"""Training configuration: nested dataclasses read from YAML, with dotted overrides.
+
+Every value that shapes a run lives here, so that a run directory's `config.yaml` alone
+(plus the data) reproduces it. Unknown keys are errors rather than silently ignored: a
+misspelt loss weight would otherwise train a different objective without a word.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from sdflow.config import ModelConfig
+
+
+@dataclass
+class DataConfig:
+    hr_dir: Optional[str] = None      # filled from --hr; stored so that --resume needs no paths
+    lr_dir: Optional[str] = None
+    hr_patch: int = 192
+    lr_patch: int = 48
+    # Images per optimiser step, summed over ranks and accumulation steps, so that a config
+    # means the same optimisation on one GPU or eight.
+    batch_size: int = 32
+    num_workers: int = 4
+    hflip: bool = True
+    rot90: bool = True
+    dequantize: bool = True           # uniform noise of one 8-bit step in the likelihood terms
+
+
+@dataclass
+class TrainSchedule:
+    steps: int = 200_000
+    stage1_steps: int = 50_000        # N_pre: likelihood, content and domain terms only
+    seed: int = 0
+    grad_accum: int = 1
+    amp: str = "none"                 # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
+    max_consecutive_skips: int = 20
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    d_lr: float = 1e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Fractions of `train.steps` at which both learning rates are multiplied by lr_gamma.
+    lr_milestones: List[float] = field(default_factory=lambda: [0.5, 0.75, 0.9, 0.95])
+    lr_gamma: float = 0.5
+    clip_grad_norm: float = 10.0      # 0 disables clipping (the norm is still logged)
+    d_clip_grad_norm: float = 10.0
+    freeze: List[str] = field(default_factory=list)  # SDFlow sub-modules kept fixed, e.g. [f_lr]
+
+
+@dataclass
+class LossConfig:
+    # Weights; 0 turns a term off (and skips computing it).
+    nll_hr: float = 1.0
+    nll_lr: float = 1.0
+    content: float = 1.0
+    content_perceptual: float = 0.05
+    domain: float = 0.05
+    gan: float = 0.1
+    pixel: float = 0.5
+    perceptual: float = 0.5
+    content_cycle: float = 1.0
+    # Switches and details.
+    nll_lr_detach_content: bool = True
+    content_freeze_f_lr: bool = True
+    cycle_detach_ds: bool = True
+    lpf_sigma: float = 1.0            # Gaussian low-pass for content / pixel terms, in LR pixels
+    # The HR half of the content loss compares with a clean bicubic image, so it may be full
+    # band (0) and then also pins z_c's high frequencies; None = lpf_sigma.
+    content_hr_lpf_sigma: Optional[float] = None
+    stage2_tau: float = 0.8
+    ds_sampler: str = "image"         # image | element
+    quantize_fakes: bool = True
+    vgg_weights: Optional[str] = None
+    perceptual_layers: List[str] = field(default_factory=lambda: ["conv2_2", "conv3_4", "conv4_4"])
+
+
+@dataclass
+class DiscriminatorConfig:
+    latent_channels: int = 64
+    latent_layers: int = 2
+    image_channels: int = 64
+    hr_layers: int = 3
+    lr_layers: int = 2
+
+
+@dataclass
+class LogConfig:
+    every: int = 50
+    image_every: int = 1000
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 5000
+    keep: int = 3
+
+
+@dataclass
+class ValConfig:
+    hr_dir: Optional[str] = None
+    lr_dir: Optional[str] = None
+    every: int = 5000
+    max_images: int = 10
+    crop: int = 0                     # centre-crop HR to this side (LR to side/4) for speed; 0 = whole
+    ds_tau: float = 0.0
+
+
+@dataclass
+class DebugConfig:
+    # Steps (0-based) whose loss is replaced by NaN: exercises the skip path end to end.
+    inject_nan_steps: List[int] = field(default_factory=list)
+    # Stop as if interrupted after finishing this step (0 = never): resume tests under torchrun.
+    interrupt_after_step: int = 0
+
+
+@dataclass
+class TrainConfig:
+    model: Dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSchedule = field(default_factory=TrainSchedule)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    disc: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    val: ValConfig = field(default_factory=ValConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+    # ----- conversions ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> "TrainConfig":
+        cfg = _build(cls, d or {}, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def load(cls, path, overrides: Sequence[str] = ()) -> "TrainConfig":
+        with open(path, "r", encoding="utf-8") as f:
+            d = yaml.safe_load(f) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: the top level of a config must be a mapping")
+        return cls.from_dict(apply_overrides(d, overrides))
+
+    def save(self, path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+    def with_overrides(self, overrides: Sequence[str]) -> "TrainConfig":
+        return TrainConfig.from_dict(apply_overrides(self.to_dict(), overrides))
+
+    # ----- derived values ------------------------------------------------------------------
+
+    def model_config(self) -> ModelConfig:
+        m = dict(self.model)
+        preset = m.pop("preset", "paper")
+        base = ModelConfig.preset(preset).to_dict()
+        unknown = set(m) - set(base)
+        if unknown:
+            raise ValueError(f"unknown model keys {sorted(unknown)}; valid: preset, {', '.join(base)}")
+        base.update(m)
+        return ModelConfig.from_dict(base)
+
+    def milestones(self) -> List[int]:
+        return sorted({int(round(f * self.train.steps)) for f in self.optim.lr_milestones})
+
+    def lr_factor(self, step: int) -> float:
+        """Learning-rate multiplier at `step`: a pure function of the step, so resuming
+        needs no scheduler state."""
+        return self.optim.lr_gamma ** sum(step >= m for m in self.milestones())
+
+    def micro_batch(self, world_size: int) -> int:
+        per = self.data.batch_size // (world_size * self.train.grad_accum)
+        if per * world_size * self.train.grad_accum != self.data.batch_size or per < 1:
+            raise ValueError(f"data.batch_size={self.data.batch_size} must be a positive multiple of "
+                             f"world size ({world_size}) x train.grad_accum ({self.train.grad_accum})")
+        return per
+
+    def validate(self) -> None:
+        d, t = self.data, self.train
+        if d.hr_patch != 4 * d.lr_patch:
+            raise ValueError(f"data.hr_patch ({d.hr_patch}) must be 4 x data.lr_patch ({d.lr_patch})")
+        if d.hr_patch % 8:
+            raise ValueError(f"data.hr_patch ({d.hr_patch}) must be a multiple of 8 (f_HR squeezes "
+                             f"twice and f_Deg once)")
+        if d.hr_patch < 16:
+            raise ValueError("data.hr_patch must be at least 16")
+        if t.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+        if t.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
+        if t.steps < 1 or t.grad_accum < 1 or d.batch_size < 1:
+            raise ValueError("train.steps, train.grad_accum and data.batch_size must be positive")
+        if not 0 <= t.stage1_steps:
+            raise ValueError("train.stage1_steps must be >= 0")
+        if self.loss.ds_sampler not in ("image", "element"):
+            raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
+        if len(self.optim.betas) != 2:
+            raise ValueError("optim.betas must be two numbers")
+        for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",
+                     "perceptual", "content_cycle"):
+            if getattr(self.loss, name) < 0:
+                raise ValueError(f"loss.{name} must be >= 0")
+        valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
+        bad = set(self.optim.freeze) - valid
+        if bad:
+            raise ValueError(f"optim.freeze: unknown modules {sorted(bad)}; valid: {sorted(valid)}")
+        self.model_config()
+
+
+def _build(cls, d: dict, where: str):
+    """Dataclass `cls` from mapping `d`, recursing into nested dataclasses and coercing
+    scalars to the annotated type (YAML reads `1e-4` as a string)."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in sorted(unknown))}; "
+                         f"valid under {where or 'the top level'}: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name in names & set(d):
+        kwargs[name] = _coerce(hints[name], d[name], where + name)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where: str):
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _coerce(inner, value, where)
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, where) for v in value]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ValueError(f"{where}: expected true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = tp(float(value)) if tp is float else _to_int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _to_int(value) -> int:
+    f = float(value)
+    if f != int(f):
+        raise ValueError(value)
+    return int(f)
+
+
+def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
+    """Apply `section.key=value` strings to a nested dict (a deep copy is returned).
+
+    Values are parsed as YAML, so `optim.betas=[0.5,0.99]`, `loss.vgg_weights=null` and
+    `train.amp=bf16` all do what they look like.
+    """
+    import copy
+
+    out = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p for p in parts):
+            raise ValueError(f"override {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse the value ({e})") from None
+        node = out
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+__all__ = ["TrainConfig", "DataConfig", "TrainSchedule", "OptimConfig", "LossConfig",
+           "DiscriminatorConfig", "LogConfig", "CheckpointConfig", "ValConfig", "DebugConfig",
+           "apply_overrides"]

@@ -1,0 +1,219 @@
+"""The training objective of SDFlow (this project's reconstruction; see docs/training.md).
+
+Two modules, each the unit that DistributedDataParallel wraps, because DDP only
+synchronises gradients of computations that run inside the wrapped module's forward:
+
+* `GeneratorObjective`: every term that updates the five networks, in both stages.
+* `CriticObjective`: the least-squares losses of a group of discriminators, on inputs
+  that arrive detached.
+
+Gradient-stopping rules that the spec fixes are implemented here and nowhere else:
+z_c enters f_HF detached; c enters NLL_LR detached (switch); f_LR's parameters get no
+gradient from the content loss (switch); the generator's adversarial terms reach the
+images but never the discriminators' parameters; the content cycle reaches only E
+(switch).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow
+from sdflow.nets.discriminators import VGG19Features, perceptual_distance
+from sdflow.resize import downscale, gaussian_blur
+from sdflow.train.config import LossConfig
+
+EIGHT_BIT_STEP = 2.0 / 255.0  # one 8-bit level of an image scaled to [-1, 1]
+
+
+def bits_per_dim_nll(log_density: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample NLL in bits per dimension of the 8-bit image, from log p (nats) of its
+    dequantised version in [-1, 1]: each 8-bit bin is 2/255 wide."""
+    dims = x[0].numel()
+    return -(log_density.float() + dims * math.log(EIGHT_BIT_STEP)) / (dims * math.log(2.0))
+
+
+def dequantize(x: torch.Tensor) -> torch.Tensor:
+    """Uniform noise over the image's 8-bit bin: without it a continuous density can
+    grow without bound on the 256 discrete values."""
+    return x + (torch.rand_like(x) - 0.5) * EIGHT_BIT_STEP
+
+
+def quantize_st(x: torch.Tensor) -> torch.Tensor:
+    """Round to 8 bits (clipping to [-1, 1]) with a straight-through gradient, so that the
+    critics judge generated images as they would be stored while the generator still
+    receives a gradient."""
+    q = torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5) / 127.5 - 1.0
+    return x + (q - x).detach()
+
+
+def lsgan(pred: torch.Tensor, target: float) -> torch.Tensor:
+    return (pred.float() - target).pow(2).mean()
+
+
+def low_pass_l1(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
+    return F.l1_loss(gaussian_blur(a, sigma), gaussian_blur(b, sigma))
+
+
+class _Inverse(nn.Module):
+    """Exposes a flow's inverse as `forward`, so `functional_call` can run it with
+    substituted parameters."""
+
+    def __init__(self, flow: nn.Module):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z, cond=None):
+        return self.flow.inverse(z, cond)
+
+
+def call_frozen(module: nn.Module, *args, inverse: bool = False):
+    """Run `module` (or its inverse) with its parameters detached: gradients reach the
+    inputs but not the parameters. Cheaper and safer than toggling requires_grad, which
+    would race with DDP's bookkeeping of which parameters took part in a step."""
+    target = _Inverse(module) if inverse else module
+    prefix = "flow." if inverse else ""
+    params = {prefix + n: p.detach() for n, p in module.named_parameters()}
+    return functional_call(target, params, args)
+
+
+class GeneratorObjective(nn.Module):
+    """forward(hr, lr, stage2) -> (weighted total, terms, critic_inputs).
+
+    `terms` holds each term's unweighted value (detached), plus the bits/dim figures;
+    `critic_inputs` holds, per critic, the detached (real, fake) pair it must learn from.
+    The critics are passed in but not registered as sub-modules: their parameters belong
+    to another optimiser and another DDP wrapper.
+    """
+
+    def __init__(self, model: SDFlow, cfg: LossConfig, critics: Optional[Dict[str, nn.Module]] = None,
+                 vgg: Optional[VGG19Features] = None, dequantize_inputs: bool = True):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.vgg = vgg
+        self.dequantize_inputs = dequantize_inputs
+        self.__dict__["critics"] = dict(critics or {})  # bypasses nn.Module registration
+
+    def weights(self, stage2: bool) -> Dict[str, float]:
+        """The weight of each term in this stage; terms whose prerequisites are missing
+        (no VGG weights, no critic) are 0."""
+        c = self.cfg
+        has_vgg = self.vgg is not None
+        w = {"nll_hr": c.nll_hr, "nll_lr": c.nll_lr, "content": c.content,
+             "content_perceptual": c.content_perceptual if (has_vgg and c.content > 0) else 0.0,
+             "domain": c.domain if "content" in self.critics else 0.0}
+        if stage2:
+            w.update({"gan": c.gan if {"hr", "lr"} <= set(self.critics) else 0.0,
+                      "pixel": c.pixel, "perceptual": c.perceptual if has_vgg else 0.0,
+                      "content_cycle": c.content_cycle})
+        return w
+
+    def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        return call_frozen(self.critics[name], x)
+
+    def forward(self, hr: torch.Tensor, lr: torch.Tensor, stage2: bool = False,
+                inject_nan: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
+        cfg, m = self.cfg, self.model
+        w = self.weights(stage2)
+        terms: Dict[str, torch.Tensor] = {}
+        critic_inputs: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}
+        sigma = cfg.lpf_sigma
+
+        hr_in = dequantize(hr) if self.dequantize_inputs else hr
+        lr_in = dequantize(lr) if self.dequantize_inputs else lr
+
+        # One pass of f_HR serves the likelihood, the content, the domain and DS terms.
+        z_c_h, z_h, logdet_hr = m.encode_hr(hr_in)
+        c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
+
+        if w["nll_hr"] > 0:
+            # The spec's stop-gradient: f_HF may not shape the content.
+            _, logdet_hf = m.f_hf(z_h, z_c_h.detach())
+            terms["nll_hr"] = bits_per_dim_nll(logdet_hr + logdet_hf, hr).mean()
+        if w["nll_lr"] > 0:
+            cond = c.detach() if cfg.nll_lr_detach_content else c
+            z_lr, logdet_lr = m.f_lr(lr_in)
+            z_deg, logdet_deg = m.f_deg(z_lr - cond, cond)
+            terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
+
+        hr_small = None
+        if w["content"] > 0 or stage2:
+            hr_small = downscale(hr, 4)  # antialiased bicubic: the low frequencies y and x share
+        if w["content"] > 0:
+            inv = (lambda z: call_frozen(m.f_lr, z, inverse=True)[0]) if cfg.content_freeze_f_lr \
+                else (lambda z: m.f_lr.inverse(z)[0])
+            lr_from_hr, lr_from_c = inv(z_c_h), inv(c)
+            sigma_hr = sigma if cfg.content_hr_lpf_sigma is None else cfg.content_hr_lpf_sigma
+            terms["content"] = low_pass_l1(lr_from_hr, hr_small, sigma_hr) + low_pass_l1(lr_from_c, lr, sigma)
+            if w["content_perceptual"] > 0:
+                terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, hr_small)
+                                               + perceptual_distance(self.vgg, lr_from_c, lr))
+        if w["domain"] > 0:
+            # Least squares with swapped labels: each side is pushed towards the other.
+            terms["domain"] = 0.5 * (lsgan(self._critic("content", c), 1.0)
+                                     + lsgan(self._critic("content", z_c_h), 0.0))
+            critic_inputs["content"] = (z_c_h.detach(), c.detach())
+
+        if stage2:
+            tau = cfg.stage2_tau
+            # SR from real LR: content c, high frequencies sampled from f_HF given sg(c).
+            z_h_sr = m.f_hf.sample(c.detach(), HF_CHANNELS, tau)
+            y_sr = m.decode_hr(c, z_h_sr)
+            # DS from real HR: content z_c^h plus a degradation drawn from the mixture.
+            shape = m.f_deg.latent_shape(z_c_h, CONTENT_CHANNELS)
+            z_deg = m.deg_prior.sample(shape, tau, None, cfg.ds_sampler).to(z_c_h.dtype)
+            z_d = m.f_deg.inverse(z_deg, z_c_h)[0]
+            x_ds = m.f_lr.inverse(z_c_h + z_d)[0]
+            y_sr_j = quantize_st(y_sr) if cfg.quantize_fakes else y_sr
+            x_ds_j = quantize_st(x_ds) if cfg.quantize_fakes else x_ds
+
+            if w["gan"] > 0:
+                terms["gan"] = lsgan(self._critic("hr", y_sr_j), 1.0) + lsgan(self._critic("lr", x_ds_j), 1.0)
+                critic_inputs["hr"] = (hr, y_sr_j.detach())
+                critic_inputs["lr"] = (lr, x_ds_j.detach())
+            y_sr_small = downscale(y_sr, 4)
+            if w["pixel"] > 0:
+                terms["pixel"] = low_pass_l1(y_sr_small, lr, sigma) + low_pass_l1(x_ds, hr_small, sigma)
+            if w["perceptual"] > 0:
+                terms["perceptual"] = (perceptual_distance(self.vgg, y_sr_small, lr)
+                                       + perceptual_distance(self.vgg, x_ds, hr_small))
+            if w["content_cycle"] > 0:
+                x_in = x_ds_j.detach() if cfg.cycle_detach_ds else x_ds_j
+                terms["content_cycle"] = F.l1_loss(m.content(x_in), z_c_h.detach())
+            terms["sr_range"] = (y_sr.detach().abs() > 1.0).float().mean()  # how far samples overshoot
+
+        total = sum(w[k] * terms[k].float() for k in w if w[k] > 0 and k in terms)
+        if not torch.is_tensor(total):  # every weight zero: keep the graph shape valid
+            total = z_c_h.sum() * 0.0
+        if inject_nan:
+            total = total * float("nan")
+        out = {k: v.detach().float() for k, v in terms.items()}
+        out["total"] = total.detach().float()
+        return total, out, critic_inputs
+
+
+class CriticObjective(nn.Module):
+    """Least-squares GAN losses for a group of critics: mean over the group of
+    0.5 * [(D(real) - 1)^2 + D(fake)^2]."""
+
+    def __init__(self, critics: Dict[str, nn.Module]):
+        super().__init__()
+        self.critics = nn.ModuleDict(critics)
+
+    def forward(self, pairs: Dict[str, Tuple[torch.Tensor, torch.Tensor]]):
+        terms = {}
+        for name, d in self.critics.items():
+            real, fake = pairs[name]
+            terms[f"d_{name}"] = 0.5 * (lsgan(d(real.detach()), 1.0) + lsgan(d(fake.detach()), 0.0))
+        loss = sum(terms.values())
+        return loss, {k: v.detach() for k, v in terms.items()}
+
+
+__all__ = ["GeneratorObjective", "CriticObjective", "bits_per_dim_nll", "dequantize", "quantize_st",
+           "lsgan", "call_frozen", "low_pass_l1", "EIGHT_BIT_STEP"]

@@ -1,0 +1,475 @@
+"""Training: config, data, objective (terms and gradient-stopping rules), loop, checkpoints,
+exact resume, skipped steps, logging and validation. Tiny model, CPU, synthetic images."""
+import logging
+import math
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import sdflow
+from sdflow.config import ModelConfig
+from sdflow.data.datasets import UnpairedPatches, UnpairedStream, make_loader, paired_images
+from sdflow.model import SDFlow
+from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
+from sdflow.train import checkpoint as ckpt_io
+from sdflow.train.config import TrainConfig, apply_overrides
+from sdflow.train.loop import TrainingDiverged, train
+from sdflow.train.objective import CriticObjective, GeneratorObjective, bits_per_dim_nll
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _smooth_image(rng, h, w, noise):
+    yy, xx = np.mgrid[0:h, 0:w]
+    f = rng.uniform(0.05, 0.3, 3)
+    base = np.stack([np.sin(xx * f[0] + yy * f[1]), np.cos(yy * f[2]), np.sin((xx - yy) * f[1])], -1)
+    img = base * 90 + 128 + rng.normal(0, noise, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Unpaired HR/LR folders (with a nested folder, a too-small and a broken file), plus a
+    paired validation set."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    (root / "hr" / "sub").mkdir(parents=True)
+    (root / "lr").mkdir()
+    for i in range(4):
+        Image.fromarray(_smooth_image(rng, 48, 56, 2)).save(root / "hr" / ("sub" if i % 2 else "") / f"h{i}.png")
+        Image.fromarray(_smooth_image(rng, 14, 16, 12)).save(root / "lr" / f"l{i}.png")
+    Image.fromarray(_smooth_image(rng, 20, 20, 2)).save(root / "hr" / "too_small.png")
+    (root / "lr" / "broken.png").write_bytes(b"not a png at all")
+    (root / "val_hr").mkdir()
+    (root / "val_lr").mkdir()
+    for i in range(2):
+        hr = _smooth_image(rng, 32, 40, 0)
+        Image.fromarray(hr).save(root / "val_hr" / f"v{i}.png")
+        lr = np.asarray(Image.fromarray(hr).resize((10, 8), Image.BICUBIC))
+        Image.fromarray(lr).save(root / "val_lr" / f"v{i}.png")
+    return root
+
+
+def make_cfg(data, **over) -> TrainConfig:
+    base = {
+        "model": {"preset": "tiny"},
+        "data": {"hr_dir": str(data / "hr"), "lr_dir": str(data / "lr"), "hr_patch": 32, "lr_patch": 8,
+                 "batch_size": 4, "num_workers": 0},
+        "train": {"steps": 6, "stage1_steps": 3, "seed": 1, "device": "cpu"},
+        "disc": {"latent_channels": 8, "latent_layers": 1, "image_channels": 8, "hr_layers": 2, "lr_layers": 1},
+        "log": {"every": 2, "image_every": 0, "tensorboard": False, "progress": False},
+        "checkpoint": {"every": 0, "keep": 2},
+        "val": {"every": 0},
+    }
+    return TrainConfig.from_dict(apply_overrides(base, [f"{k}={v}" for k, v in over.items()]))
+
+
+def all_state(run_dir: Path) -> dict:
+    ck = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(run_dir))
+    out = {f"model.{k}": v for k, v in ck["model"].items()}
+    for name, sd in ck["critics"].items():
+        out.update({f"critic.{name}.{k}": v for k, v in sd.items()})
+    for name, sd in ck["optimizers"].items():
+        for pid, st in sd.get("state", {}).items():
+            out.update({f"opt.{name}.{pid}.{k}": v for k, v in st.items()})
+    return out
+
+
+# ----- config ------------------------------------------------------------------------------------
+
+def test_overrides_parse_types_and_reject_unknown_keys(data):
+    cfg = make_cfg(data)
+    c2 = cfg.with_overrides(["optim.lr=2e-4", "optim.betas=[0.5, 0.99]", "loss.vgg_weights=null",
+                             "train.amp=bf16", "data.hflip=false", "model.coupling_hidden=8"])
+    assert c2.optim.lr == 2e-4 and isinstance(c2.optim.lr, float)
+    assert c2.optim.betas == [0.5, 0.99] and c2.train.amp == "bf16" and c2.data.hflip is False
+    assert c2.model_config().coupling_hidden == 8 and c2.model_config().hr_steps == 2  # preset kept
+    assert cfg.optim.lr == 1e-4  # the original is untouched
+    with pytest.raises(ValueError, match="optim.lrr"):
+        cfg.with_overrides(["optim.lrr=1"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        cfg.with_overrides(["optim.lr"])
+    with pytest.raises(ValueError, match="train.steps"):
+        cfg.with_overrides(["train.steps=abc"])
+    with pytest.raises(ValueError, match="4 x data.lr_patch"):
+        cfg.with_overrides(["data.lr_patch=16"])
+    with pytest.raises(ValueError, match="multiple"):
+        cfg.with_overrides(["data.batch_size=6", "train.grad_accum=4"]).micro_batch(1)
+    with pytest.raises(ValueError, match="unknown model keys"):
+        cfg.with_overrides(["model.depth=3"]).model_config()
+    # YAML reads 1e-4 as a string; the loader must still produce a float.
+    assert TrainConfig.from_dict({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
+
+
+def test_paper_and_tiny_configs(tmp_path):
+    paper = TrainConfig.load(REPO / "configs" / "paper.yaml")
+    assert paper.model_config() == ModelConfig.preset("paper")
+    assert (paper.data.batch_size, paper.data.hr_patch, paper.data.lr_patch) == (32, 192, 48)
+    assert paper.train.stage1_steps == 50_000 and paper.optim.lr == 1e-4 and paper.optim.betas == [0.9, 0.999]
+    assert (paper.loss.domain, paper.loss.gan, paper.loss.pixel, paper.loss.perceptual) == (0.05, 0.1, 0.5, 0.5)
+    n = paper.train.steps
+    # Halved at 50/75/90/95 % of the iterations.
+    assert paper.lr_factor(n // 2 - 1) == 1.0 and paper.lr_factor(n // 2) == 0.5
+    assert paper.lr_factor(int(0.75 * n)) == 0.25 and paper.lr_factor(n - 1) == 0.0625
+    tiny = TrainConfig.load(REPO / "configs" / "tiny.yaml", ["train.steps=10"])
+    assert tiny.model_config() == ModelConfig.preset("tiny") and tiny.train.steps == 10
+    TrainConfig.load(REPO / "configs" / "small.yaml")
+    # A saved config reads back identically.
+    paper.save(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == paper
+
+
+# ----- data --------------------------------------------------------------------------------------
+
+def test_dataset_skips_small_and_broken_images_by_name(data, caplog):
+    with caplog.at_level(logging.WARNING, logger="sdflow.train"):
+        ds = UnpairedPatches(data / "hr", data / "lr", 32, 8)
+    assert len(ds.hr_paths) == 4 and len(ds.lr_paths) == 4  # recursive; bad files dropped
+    assert "too_small.png" in caplog.text and "broken.png" in caplog.text
+    item = ds[(0, 1, 123)]
+    assert item["hr"].shape == (3, 32, 32) and item["lr"].shape == (3, 8, 8)
+    assert item["hr"].min() >= -1 and item["hr"].max() <= 1
+    assert torch.equal(ds[(2, 3, 7)]["hr"], ds[(2, 3, 7)]["hr"])
+    assert not torch.equal(ds[(2, 3, 7)]["hr"], ds[(2, 3, 8)]["hr"])
+
+
+def test_data_stream_is_repeatable_and_independent_of_workers(data):
+    ds = UnpairedPatches(data / "hr", data / "lr", 32, 8)
+
+    def batches(workers, start=0, n=3, rank=0, world=1):
+        it = iter(make_loader(ds, 2, seed=5, rank=rank, world_size=world, start=start, num_workers=workers))
+        return [next(it) for _ in range(n)]
+
+    a, b = batches(0), batches(2)
+    for x, y in zip(a, b):
+        assert torch.equal(x["hr"], y["hr"]) and torch.equal(x["lr"], y["lr"])
+    # Starting at sample 2 is the same as skipping the first batch: what resuming relies on.
+    c = batches(0, start=2, n=2)
+    assert torch.equal(c[0]["hr"], a[1]["hr"]) and torch.equal(c[1]["lr"], a[2]["lr"])
+    # Ranks take interleaved positions of one stream: disjoint samples.
+    s0, s1 = UnpairedStream(4, 4, 5, 0, 2), UnpairedStream(4, 4, 5, 1, 2)
+    k0 = [k for k, _ in zip(iter(s0), range(4))]
+    k1 = [k for k, _ in zip(iter(s1), range(4))]
+    assert {k[2] for k in k0}.isdisjoint({k[2] for k in k1})
+    # Every HR image is visited once per epoch.
+    single = [k for k, _ in zip(iter(UnpairedStream(4, 3, 5)), range(12))]
+    for e in range(3):
+        assert sorted(k[0] for k in single[4 * e:4 * e + 4]) == [0, 1, 2, 3]
+
+
+# ----- objective ---------------------------------------------------------------------------------
+
+def _objective(loss_over=(), critics=True, vgg=None):
+    torch.manual_seed(0)
+    model = SDFlow(ModelConfig.preset("tiny")).train()
+    # Flows start as identities (zeroed last layers), where conditions have no effect and
+    # gradient paths are invisible; random last layers make every path carry a gradient.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "conv3" in name or "out_log_scale" in name:
+                p.normal_(0, 0.05)
+    cfg = TrainConfig.from_dict(apply_overrides({}, list(loss_over))).loss
+    crit = {}
+    if critics:
+        crit = {"content": ContentDiscriminator(3, 8, 1), "hr": PatchDiscriminator(3, 8, 2),
+                "lr": PatchDiscriminator(3, 8, 1)}
+    obj = GeneratorObjective(model, cfg, crit, vgg)
+    hr = torch.rand(2, 3, 32, 32) * 2 - 1
+    lr = torch.rand(2, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        obj(hr, lr)  # ActNorm initialisation
+    return obj, model, crit, hr, lr
+
+
+def _only(term, *extra):
+    names = ["nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel", "perceptual",
+             "content_cycle"]
+    return [f"loss.{n}={1.0 if n == term else 0.0}" for n in names] + list(extra)
+
+
+def _grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def _has_grad(module):
+    return any(g is not None and g.abs().sum() > 0 for g in _grads(module))
+
+
+def test_every_term_is_finite_in_both_stages():
+    obj, model, crit, hr, lr = _objective()
+    for stage2 in (False, True):
+        total, terms, critic_inputs = obj(hr, lr, stage2=stage2)
+        expect = {"nll_hr", "nll_lr", "content", "domain"} | ({"gan", "pixel", "content_cycle"} if stage2 else set())
+        assert expect <= set(terms)
+        assert all(math.isfinite(float(v)) for v in terms.values())
+        total.backward()
+        assert set(critic_inputs) == ({"content", "hr", "lr"} if stage2 else {"content"})
+        d_loss, d_terms = CriticObjective(crit)(critic_inputs) if stage2 else \
+            CriticObjective({"content": crit["content"]})(critic_inputs)
+        assert math.isfinite(float(d_loss.detach()))
+
+
+def test_nll_terms_match_the_models_bits_per_dim():
+    obj, model, _, hr, lr = _objective()
+    obj.dequantize_inputs = False
+    _, terms, _ = obj(hr, lr)
+    with torch.no_grad():
+        assert torch.allclose(terms["nll_hr"], -model.hr_log_likelihood(hr).mean(), atol=1e-5)
+        assert torch.allclose(terms["nll_lr"], -model.lr_log_likelihood(lr).mean(), atol=1e-5)
+    # Dequantisation noise stays within one 8-bit step.
+    from sdflow.train.objective import dequantize
+    x = torch.zeros(1000)
+    assert (dequantize(x).abs() <= 1 / 255 + 1e-7).all()
+
+
+def test_content_loss_never_trains_f_lr():
+    obj, model, _, hr, lr = _objective(_only("content"))
+    obj(hr, lr)[0].backward()
+    assert not _has_grad(model.f_lr)
+    assert _has_grad(model.f_hr) and _has_grad(model.content_extractor)  # the content does move
+    # The switch really is what stops it.
+    obj2, model2, _, hr, lr = _objective(_only("content", "loss.content_freeze_f_lr=false"))
+    obj2(hr, lr)[0].backward()
+    assert _has_grad(model2.f_lr)
+
+
+def test_z_c_enters_f_hf_detached(monkeypatch):
+    obj, model, _, hr, lr = _objective(_only("nll_hr"))
+    seen = []
+    orig = type(model.f_hf).forward
+
+    def spy(self, z, cond):
+        seen.append(cond)
+        return orig(self, z, cond)
+
+    monkeypatch.setattr(type(model.f_hf), "forward", spy)
+    obj.dequantize_inputs = False
+    obj(hr, lr)[0].backward()
+    assert seen and all(c.grad_fn is None and not c.requires_grad for c in seen)
+    assert _has_grad(model.f_hf) and _has_grad(model.f_hr)
+    g_obj = [p.grad.clone() for p in model.f_hr.parameters()]
+
+    def f_hr_grads(detach):
+        model.zero_grad()
+        z_c, z_h, ld = model.encode_hr(hr)
+        _, ld_hf = model.f_hf(z_h, z_c.detach() if detach else z_c)
+        bits_per_dim_nll(ld + ld_hf, hr).mean().backward()
+        return [p.grad.clone() for p in model.f_hr.parameters()]
+
+    close = lambda a, b: all(torch.allclose(x, y, atol=1e-7, rtol=1e-5) for x, y in zip(a, b))
+    assert close(g_obj, f_hr_grads(detach=True))
+    assert not close(g_obj, f_hr_grads(detach=False))  # the stop-gradient is not a no-op here
+
+
+def test_content_detached_in_nll_lr_by_default():
+    obj, model, _, hr, lr = _objective(_only("nll_lr"))
+    obj(hr, lr)[0].backward()
+    assert not _has_grad(model.content_extractor)
+    assert _has_grad(model.f_lr) and _has_grad(model.f_deg) and _has_grad(model.deg_prior)
+    obj2, model2, _, hr, lr = _objective(_only("nll_lr", "loss.nll_lr_detach_content=false"))
+    obj2(hr, lr)[0].backward()
+    assert _has_grad(model2.content_extractor)
+
+
+def test_adversarial_terms_never_train_the_critics_and_vice_versa():
+    obj, model, crit, hr, lr = _objective(_only("gan", "loss.domain=1.0"))
+    total, _, critic_inputs = obj(hr, lr, stage2=True)
+    total.backward()
+    assert all(g is None for c in crit.values() for g in _grads(c))
+    assert _has_grad(model.f_hr) and _has_grad(model.content_extractor)  # but they reach the generator
+    model.zero_grad()
+    d_loss, _ = CriticObjective(crit)(critic_inputs)
+    d_loss.backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert all(_has_grad(c) for c in crit.values())
+
+
+def test_content_cycle_trains_only_e_by_default():
+    obj, model, _, hr, lr = _objective(_only("content_cycle"))
+    obj(hr, lr, stage2=True)[0].backward()
+    assert _has_grad(model.content_extractor)
+    for m in (model.f_hr, model.f_hf, model.f_lr, model.f_deg, model.deg_prior):
+        assert not _has_grad(m)
+    obj2, model2, _, hr, lr = _objective(_only("content_cycle", "loss.cycle_detach_ds=false"))
+    obj2(hr, lr, stage2=True)[0].backward()
+    assert _has_grad(model2.f_deg)
+
+
+def test_pixel_consistency_reaches_the_samplers():
+    obj, model, _, hr, lr = _objective(_only("pixel"))
+    obj(hr, lr, stage2=True)[0].backward()
+    for m in (model.content_extractor, model.f_hr, model.f_hf, model.f_lr, model.f_deg):
+        assert _has_grad(m)
+
+
+def test_perceptual_terms_with_user_vgg_weights(tmp_path):
+    ref = VGG19Features(["conv1_2", "conv2_2"])
+    # A torchvision-layout file: features.N.* plus classifier keys that must be ignored.
+    full = {k: torch.randn_like(v) * 0.1 for k, v in ref.state_dict().items()}
+    full["classifier.0.weight"] = torch.zeros(2, 2)
+    torch.save(full, tmp_path / "vgg19.pth")
+    vgg = VGG19Features.from_file(tmp_path / "vgg19.pth", ["conv1_2", "conv2_2"])
+    assert torch.equal(vgg.features[2].weight, full["features.2.weight"])
+    assert not any(p.requires_grad for p in vgg.parameters())
+    obj, model, _, hr, lr = _objective(_only("perceptual", "loss.content_perceptual=1.0", "loss.content=1.0"),
+                                       vgg=vgg)
+    total, terms, _ = obj(hr, lr, stage2=True)
+    assert {"perceptual", "content_perceptual"} <= set(terms) and math.isfinite(float(total.detach()))
+    total.backward()
+    assert _has_grad(model.f_hr) and not any(p.grad is not None for p in vgg.parameters())
+    with pytest.raises(ValueError, match="torchvision"):
+        VGG19Features(["conv2_2"]).load_features({"foo": torch.zeros(1)})
+
+
+# ----- the loop ----------------------------------------------------------------------------------
+
+def test_short_run_both_stages_and_run_dir(data, tmp_path, capsys):
+    cfg = make_cfg(data, **{"train.grad_accum": 2, "checkpoint.every": 2, "checkpoint.keep": 2,
+                            "log.tensorboard": "true", "log.image_every": 3, "val.every": 3,
+                            "val.hr_dir": str(data / "val_hr"), "val.lr_dir": str(data / "val_lr")})
+    run = tmp_path / "run"
+    s = train(cfg, run)
+    assert s["step"] == 6 and s["skipped"] == 0 and not s["interrupted"]
+    assert {"nll_hr", "nll_lr", "content", "domain", "gan", "pixel", "content_cycle",
+            "d_content", "d_hr", "d_lr"} <= set(s["last_terms"])
+    assert all(math.isfinite(v) for v in s["last_terms"].values())
+    # Validation ran and reports SR / DS beside their bicubic baselines.
+    assert {"sr_psnr_y", "sr_ssim_y", "bicubic_up_psnr_y", "ds_psnr", "bicubic_down_psnr", "ds_noise",
+            "lr_noise", "bicubic_down_noise"} <= set(s["val"])
+    assert all(math.isfinite(v) for v in s["val"].values())
+    # Keep-last-K, atomic writes leave no temporaries, the config is saved.
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["ckpt-00000004.pt", "ckpt-00000006.pt"]
+    assert not list(run.glob(".*tmp*"))
+    assert TrainConfig.load(run / "config.yaml") == cfg
+    log = (run / "train.log").read_text()
+    assert "perceptual loss: off" in log and "step 6/6 stage 2" in log and "validation at step 6" in log
+    assert (run / "samples" / "sr-00000003.png").is_file() and (run / "samples" / "ds-00000006.png").is_file()
+    # TensorBoard got every loss term, the learning rate and the skip counter.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run / "tb"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"loss/nll_hr", "loss/gan", "loss/content_cycle", "critic/hr", "optim/lr",
+            "train/skipped_steps", "val/sr_psnr_y"} <= tags
+    assert ea.Tags()["images"]
+
+    # The checkpoint is loadable without unpickling code, and by sdflow.load; so is the run dir.
+    ck = torch.load(ckpt_io.latest_checkpoint(run), weights_only=True)
+    assert ck["step"] == 6 and ck["model_config"] == ModelConfig.preset("tiny").to_dict()
+    for source in (run / "model.safetensors", run, ckpt_io.latest_checkpoint(run)):
+        m = sdflow.load(source)
+        assert all(torch.equal(m.state_dict()[k], v) for k, v in ck["model"].items())
+    with torch.no_grad():
+        assert torch.isfinite(m.super_resolve(torch.zeros(1, 3, 8, 8), 0.0)).all()
+
+    # The stand-alone evaluation reads the run folder and scores several DS temperatures.
+    from sdflow.train import evaluate
+    assert evaluate.main(["--model", str(run), "--hr", str(data / "val_hr"), "--lr", str(data / "val_lr"),
+                          "--ds-tau", "0", "0.5", "--json"]) == 0
+    import json
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["images"] == 2 and {"ds_psnr@tau0", "ds_psnr@tau0.5", "sr_psnr_y"} <= set(res)
+    # Validation in the loop and the stand-alone tool agree on the final model.
+    assert res["sr_psnr_y"] == pytest.approx(s["val"]["sr_psnr_y"], abs=1e-9)
+
+    # A second run into the same folder without --resume is refused.
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, run)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
+    # 2 workers in the interrupted run, none in the reference: the data must not depend on it.
+    cfg = make_cfg(data, **{"train.steps": 7, "train.stage1_steps": 3, "checkpoint.every": 100})
+    train(cfg, tmp_path / "a")
+
+    def interrupt(trainer):
+        if trainer.step == 4:  # a real SIGINT, as Ctrl-C sends: the step finishes, a checkpoint is saved
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg_b = cfg.with_overrides(["data.num_workers=2"])
+    s = train(cfg_b, tmp_path / "b", on_step_end=interrupt)
+    assert s["interrupted"] and s["step"] == 4
+    assert [p.name for p in ckpt_io.list_checkpoints(tmp_path / "b")] == ["ckpt-00000004.pt"]
+    assert "interrupted: stopped after step 4" in (tmp_path / "b" / "train.log").read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed again
+    s = train(cfg_b, tmp_path / "b", resume=True)
+    assert s["step"] == 7 and not s["interrupted"]
+
+    a, b = all_state(tmp_path / "a"), all_state(tmp_path / "b")
+    assert a.keys() == b.keys() and any(k.startswith("opt.critics") for k in a)
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"resumed run differs in {diff[:5]}"
+
+
+def test_non_finite_step_is_skipped_never_applied(data, tmp_path):
+    cfg = make_cfg(data, **{"debug.inject_nan_steps": "[1]", "train.steps": 3, "train.stage1_steps": 10})
+    snaps = {}
+
+    def snap(trainer):
+        snaps[trainer.step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    s = train(cfg, tmp_path / "run", on_step_end=snap)
+    assert s["skipped"] == 1 and s["step"] == 3
+    # Step index 1 (the second) was skipped: weights after it equal those before it...
+    assert all(torch.equal(snaps[1][k], snaps[2][k]) for k in snaps[1])
+    # ...while the steps around it did move them.
+    assert not all(torch.equal(snaps[2][k], snaps[3][k]) for k in snaps[2])
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 1: skipped (injected NaN" in log and "skipped 1" in log
+    ck = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "run"))
+    assert ck["counters"]["skipped"] == 1
+    # Adam took two steps, not three.
+    assert all(int(st["step"]) == 2 for st in ck["optimizers"]["generator"]["state"].values())
+
+
+def test_consecutive_non_finite_steps_stop_the_run(data, tmp_path):
+    cfg = make_cfg(data, **{"debug.inject_nan_steps": "[1, 2, 3]", "train.max_consecutive_skips": 3})
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        train(cfg, tmp_path / "run")
+    assert "consecutive steps had a non-finite" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_cli_builds_config_and_reports_errors(data, tmp_path, capsys):
+    from sdflow.commands import train as cmd
+
+    cfg_path = tmp_path / "c.yaml"
+    make_cfg(data, **{"train.steps": 2, "train.stage1_steps": 1}).save(cfg_path)
+    run = tmp_path / "run"
+    argv = ["--config", str(cfg_path), "--hr", str(data / "hr"), "--lr", str(data / "lr"), "--out", str(run),
+            "--steps", "2", "--set", "optim.lr=3e-4", "--set", "loss.gan=0"]
+    assert cmd.main(argv) == 0
+    saved = TrainConfig.load(run / "config.yaml")
+    assert saved.optim.lr == 3e-4 and saved.loss.gan == 0 and saved.train.steps == 2
+    assert Path(saved.data.hr_dir) == (data / "hr").resolve()
+    # Same folder again without --resume: refused with a message, not a traceback.
+    assert cmd.main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    # --resume alone finds config and data paths in the run folder.
+    assert cmd.main(["--out", str(run), "--resume", "--steps", "3"]) == 0
+    assert ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(run))["step"] == 3
+    assert cmd.main(["--out", str(tmp_path / "nothing")]) == 2
+    assert cmd.main(["--config", str(cfg_path), "--out", str(tmp_path / "x"), "--set", "optim.nope=1"]) == 2
+    assert "optim.nope" in capsys.readouterr().err
+
+
+def test_missing_tensorboard_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    import sys
+
+    from sdflow.train.logging import RunLogger
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # makes the import fail
+    log = RunLogger(tmp_path)
+    log.start(0, 10, tensorboard=True, progress=False)
+    log.scalars(1, {"loss/x": 1.0})  # a no-op, not a crash
+    log.info("still logging")
+    log.close()
+    text = (tmp_path / "train.log").read_text()
+    assert "TensorBoard logging is off" in text and "still logging" in text
+    assert not (tmp_path / "tb").exists()
