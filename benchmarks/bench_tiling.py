@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tiling.py                 # paper-size and tiny models, tau 0 and 0.8
     python benchmarks/bench_tiling.py --save diffs/   # also write |tiled - untiled| maps (x50)
+    python benchmarks/bench_tiling.py --model trained.safetensors   # a trained model instead of "paper"
 
 Models: the paper-size model of bench_inference.py (random-but-perturbed weights) and the tiny
 preset with seeded perturbed weights, both through the fast float32 path. Images: crops of the
@@ -62,8 +63,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--photos", type=int, default=2)
     ap.add_argument("--save", type=Path, default=None)
+    ap.add_argument("--model", default=None, help="measure this model (any sdflow.load source) as 'paper'")
     args = ap.parse_args(argv)
-    paper, source = bench_model()
+    if args.model:
+        import sdflow
+
+        paper, source = sdflow.load(args.model), args.model
+    else:
+        paper, source = bench_model()
     models = {"paper": FastSDFlow(paper), "tiny": FastSDFlow(tiny_model())}
     sr_cases = [(32, 0), (32, 8), (32, 16), (64, 8), (64, 16), (64, 24)]
     ds_cases = [(128, 0), (128, 32), (128, 64), (256, 32), (256, 64), (256, 96)]

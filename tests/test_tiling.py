@@ -5,13 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sdflow.config import ModelConfig
 from sdflow.fast import FastSDFlow
 from sdflow.model import deg_latent_shape, hf_latent_shape, padded_hr_size
 from sdflow.tiling import (DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, auto_tile, estimate_memory, plan_tiles,
                            tiled_downscale, tiled_super_resolve)
 from test_fast_path import perturbed, seeded
-
-from sdflow.config import ModelConfig
 
 
 def levels(a, b):

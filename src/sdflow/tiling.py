@@ -42,7 +42,7 @@ MIN_SR_TILE = 8                 # LR pixels
 MIN_DS_TILE = 2 * HR_MULTIPLE   # HR pixels
 # Context around each tile, in input pixels (docs/performance.md: error against context).
 DEFAULT_SR_TILE_PAD = 16
-DEFAULT_DS_TILE_PAD = 32
+DEFAULT_DS_TILE_PAD = 64
 # Activation memory that `auto_tile` lets one model call use.
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
 # The blend ramp spans this fraction of the 2 * tile_pad overlap, centred on the boundary. Outputs
@@ -201,12 +201,13 @@ def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: boo
     """Estimated peak activation memory of one model call, in bytes per INPUT pixel (SR: per LR
     pixel, DS: per HR pixel), for a model of `config` (a ModelConfig).
 
-    The rule: the largest set of tensors alive at once, stage by stage, counted in values per
-    LR pixel; the stage with the most decides, times 4 bytes (float32; the convolutional nets'
-    activations count 2 bytes at bf16 / fp16), times 1.5 for the allocator's slack. The plain
-    model keeps more temporaries alive (its concatenations and padded copies): 1.7 times more,
-    as measured by benchmarks/bench_inference.py, which also prints this estimate beside the
-    measured peaks so the rule can be checked for a new machine or config.
+    The rule: for each stage of the computation, the values alive at once per LR pixel (the flow
+    state and its scale/shift in float32; the convolutional nets' activations at 4 bytes, or 2 at
+    bf16 / fp16); the largest stage decides, times 1.5 for the allocator's slack. `fast=False`
+    (the plain model, which keeps more concatenations and padded copies alive) adds a factor
+    1.7. For the paper config this gives 4386 B per LR pixel (SR, fast fp32) and 235 B per HR
+    pixel (DS); benchmarks/bench_inference.py measured 3884 and 183 (plain model: 6258 and 263)
+    and prints this estimate beside its measurements, so the rule can be rechecked.
     """
     if mode not in ("sr", "ds"):
         raise ValueError(f"mode must be 'sr' or 'ds', got {mode!r}")
