@@ -298,3 +298,22 @@ def test_console_script(tmp_path, tiny_model_path):
     assert (tmp_path / "out" / "a_sr.png").is_file() and a.is_file()
     assert "bad.png" in r.stdout and "1 of 2 image(s) done" in r.stdout
     assert "100%" in r.stderr  # the progress bar
+
+
+def test_tiled_cli_matches_whole_image(tmp_path, tiny_model_path):
+    """--tile changes memory use, not the sample: same seed, same noise field, seams blended."""
+    src = save(tmp_path / "a.png", 40, 48)
+    base = ["sr", "-q", "-i", str(src), "--model", str(tiny_model_path), "--tau", "0.8", "--seed", "3"]
+    assert main(base + ["-o", str(tmp_path / "whole"), "--tile", "0"]) == 0
+    assert main(base + ["-o", str(tmp_path / "tiled"), "--tile", "16", "--tile-pad", "8"]) == 0
+    a = np.asarray(PILImage.open(tmp_path / "whole" / "a_sr.png"), dtype=float)
+    b = np.asarray(PILImage.open(tmp_path / "tiled" / "a_sr.png"), dtype=float)
+    assert a.shape == b.shape == (160, 192, 3)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_bf16_fast_path_runs(tmp_path, tiny_model_path):
+    src = save(tmp_path / "h.png", 32, 32)
+    assert main(["ds", "-q", "-i", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path),
+                 "--precision", "bf16", "--tile", "16"]) == 0
+    assert PILImage.open(tmp_path / "o" / "h_ds.png").size == (8, 8)

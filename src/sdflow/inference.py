@@ -56,6 +56,8 @@ class Options:
     ext: str = "auto"                  # "auto" | "png" | "jpg"
     component: Optional[Sequence[int]] = None   # ds: mixture components to draw from (None: all)
     sampler: str = "image"             # ds: "image" | "element"
+    tile: Union[int, str] = "auto"     # input pixels per tile; "auto": only as memory needs; 0: never
+    tile_pad: Optional[int] = None     # context around each tile (None: tiling's defaults)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -72,6 +74,10 @@ class Options:
             raise InferenceError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.suffix is not None and any(c in self.suffix for c in "/\\\0"):
             raise InferenceError(f"suffix must not contain path separators, got {self.suffix!r}")
+        if self.tile != "auto" and (int(self.tile) != self.tile or self.tile < 0):
+            raise InferenceError(f"tile must be 'auto' or a whole number >= 0, got {self.tile!r}")
+        if self.tile_pad is not None and (int(self.tile_pad) != self.tile_pad or self.tile_pad < 0):
+            raise InferenceError(f"tile_pad must be a whole number >= 0, got {self.tile_pad!r}")
         if isinstance(self.component, int):
             self.component = [self.component]
         if self.component is not None:
@@ -193,10 +199,37 @@ def sample(model, x: torch.Tensor, options: Options, k: int) -> torch.Tensor:
     generator = torch.Generator(device=model.device)
     generator.manual_seed(int(options.seed) + k)
     with torch.inference_mode():
+        tile = _tile_size(model, x, options)
+        if tile is not None:
+            return _tiled(model, x, options, tile, generator)
         if options.mode == "sr":
             return model.super_resolve(x, tau=options.tau, generator=generator)
         return model.downscale(x, tau=options.tau, component=options.component,
                                sampler=options.sampler, generator=generator)
+
+
+def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
+    """None runs the image whole. Tiling draws the same noise as the whole-image call, so it
+    changes memory use, not the sample."""
+    from sdflow.fast import FastSDFlow
+    from sdflow.tiling import auto_tile
+
+    if options.tile == "auto":
+        fast = isinstance(model, FastSDFlow)
+        return auto_tile(model.config, x.shape[-2], x.shape[-1], options.mode,
+                         precision=model.precision if fast else "fp32", fast=fast)
+    return int(options.tile) or None
+
+
+def _tiled(model, x, options: Options, tile: int, generator) -> torch.Tensor:
+    from sdflow import tiling
+
+    if options.mode == "sr":
+        pad = tiling.DEFAULT_SR_TILE_PAD if options.tile_pad is None else options.tile_pad
+        return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator)
+    pad = tiling.DEFAULT_DS_TILE_PAD if options.tile_pad is None else options.tile_pad
+    return tiling.tiled_downscale(model, x, tile, pad, options.tau, options.component, options.sampler,
+                                  generator)
 
 
 def process_file(model, job: Job, options: Options) -> FileResult:

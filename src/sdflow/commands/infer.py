@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-PRECISIONS = {"fp32": "float32", "fp64": "float64"}
+# bf16 and fp16 run the fused fast path (sdflow.fast) on a float32 model; fp32 and fp64 the plain model.
+PRECISIONS = {"fp32": "float32", "bf16": "float32", "fp16": "float32", "fp64": "float64"}
 
 
 def default_model_source():
@@ -59,7 +60,13 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto: cuda, else mps, else cpu (default: auto)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="model arithmetic (default: fp32)")
+                   help="model arithmetic: fp32, fp64, or bf16 / fp16 through the fused fast path "
+                        "(faster, small quality cost: docs/performance.md; fp16 is for CUDA) (default: fp32)")
+    p.add_argument("--tile", type=_tile_arg, default="auto", metavar="N|auto",
+                   help="process in tiles of about N input pixels; auto: only when the image is "
+                        "large enough to need it; 0: never (default: auto)")
+    p.add_argument("--tile-pad", type=_non_negative_int, default=None, metavar="P",
+                   help="context pixels around each tile (default: 16 for sr, 64 for ds)")
     p.add_argument("--suffix", default=None,
                    help=f"added to output names as <stem>_<suffix> (default: {mode}; '' for none)")
     p.add_argument("--ext", choices=("auto", "png", "jpg"), default="auto",
@@ -119,6 +126,12 @@ def _usage_error(message: str) -> int:
     return 2
 
 
+def _tile_arg(value: str):
+    if value == "auto":
+        return value
+    return _non_negative_int(value)
+
+
 def run(args) -> int:
     import torch
 
@@ -129,7 +142,8 @@ def run(args) -> int:
         options = Options(mode=args.mode, tau=args.tau, samples=args.samples, seed=args.seed,
                           suffix=args.suffix, ext=args.ext,
                           component=getattr(args, "component", None),
-                          sampler=getattr(args, "sampler", "image"))
+                          sampler=getattr(args, "sampler", "image"), tile=args.tile,
+                          tile_pad=args.tile_pad)
         # Inputs first: a typo in -i should not cost a model load.
         jobs = plan(args.input, args.output, options)
     except InferenceError as e:
@@ -151,6 +165,10 @@ def run(args) -> int:
         return _usage_error(f"cannot load the model: {e}")
     except Exception as e:  # noqa: BLE001 - safetensors/torch errors on a damaged file vary by version
         return _usage_error(f"cannot load the model {source}: {type(e).__name__}: {e}")
+    if args.precision in ("bf16", "fp16"):
+        from sdflow.fast import FastSDFlow
+
+        model = FastSDFlow(model, args.precision)
 
     try:
         summary = run_jobs(model, jobs, options, progress=not args.quiet)
