@@ -73,9 +73,10 @@ class LossConfig:
     content_freeze_f_lr: bool = True
     cycle_detach_ds: bool = True
     lpf_sigma: float = 1.0            # Gaussian low-pass for content / pixel terms, in LR pixels
-    # The HR half of the content loss compares with a clean bicubic image, so it may be full
-    # band (0) and then also pins z_c's high frequencies; None = lpf_sigma.
-    content_hr_lpf_sigma: Optional[float] = None
+    # The HR half of the content loss compares with a clean bicubic image, so it can be full
+    # band (0): a low-pass there leaves z_c's high frequencies free for NLL_HR to inflate,
+    # which showed as noisy DS (docs/training.md, ablation). None = lpf_sigma.
+    content_hr_lpf_sigma: Optional[float] = 0.0
     stage2_tau: float = 0.8
     ds_sampler: str = "image"         # image | element
     quantize_fakes: bool = True

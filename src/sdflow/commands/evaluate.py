@@ -1,0 +1,111 @@
+"""`sdflow eval`: score SR and DS on paired HR / LR folders, beside the bicubic baselines.
+
+Writes OUT/{sr,ds}_per_image.csv, OUT/{sr,ds}_mean.csv, OUT/results.json, OUT/results.md and
+OUT/report.html (+ OUT/report_files/), and prints the tables of means. Without --model (and no
+bundled model) only the baselines are scored. Scoring rules: `sdflow.evaluate`.
+
+Exit status: 0 when every image was scored, 1 when any pair was skipped (unreadable, sizes that do
+not match x4, non-finite model output) or an image had no partner, 2 for usage errors.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int,
+                                   _usage_error)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate SR and DS on paired folders, with bicubic baselines and an HTML report",
+        description="Evaluate super-resolution (LR -> HR) and realistic downscaling (HR -> LR) on "
+                    "paired folders, matched by relative name without extension, with bicubic "
+                    "baselines, per-tau metrics, CSV / JSON / Markdown tables and an HTML report.")
+    p.add_argument("--hr", type=Path, required=True, help="folder of ground-truth HR images")
+    p.add_argument("--lr", type=Path, required=True,
+                   help="folder of the matching real LR images (ceil(H/4) x ceil(W/4))")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    p.add_argument("--model", "-m", default=None, metavar="SRC",
+                   help="SDFlow to evaluate (.safetensors, training checkpoint or run folder, or the "
+                        "authors' folder); without it only the bicubic baselines are scored")
+    p.add_argument("--direction", choices=("sr", "ds", "both"), default="both",
+                   help="what to evaluate (default: both)")
+    p.add_argument("--tau", type=_non_negative_float, nargs="+", default=[0.0, 0.8], metavar="T",
+                   help="sampling temperatures; SR at 0 is the usual headline number (default: 0 0.8)")
+    p.add_argument("--samples", "-n", type=_positive_int, default=1, metavar="N",
+                   help="samples per image and tau; diversity needs 2 or more (default: 1)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                   help="sample k is drawn with seed S + k, as by `sdflow sr/ds` (default: 0)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: cuda, else mps, else cpu (default: auto)")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="LPIPS state dict (backbone and linear layers, e.g. "
+                        "torch.save(lpips.LPIPS(net='alex').state_dict(), FILE)); without it "
+                        "there is no LPIPS column")
+    p.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                   help="only the first N pairs (by name)")
+    p.add_argument("--crop-size", type=_positive_int, default=128, metavar="PX",
+                   help="side of the report's example crops in HR pixels, a multiple of 4 "
+                        "(default: 128)")
+    p.add_argument("--report-images", type=_non_negative_int, default=12, metavar="N",
+                   help="images with example crops in the report (default: 12)")
+    p.add_argument("--title", default=None, help="title of the report")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from sdflow import evaluate
+    from sdflow.checkpoints import CheckpointError, load
+    from sdflow.commands.infer import default_model_source, resolve_device
+
+    for flag, folder in (("--hr", args.hr), ("--lr", args.lr)):
+        if not folder.is_dir():
+            return _usage_error(f"{flag}: no such folder: {folder}")
+    if args.lpips_weights is not None and not args.lpips_weights.is_file():
+        return _usage_error(f"--lpips-weights: no such file: {args.lpips_weights}")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        return _usage_error(str(e))
+
+    matching = evaluate.match_folders(args.hr, args.lr)
+    if not matching.pairs:
+        return _usage_error(f"no image in {args.hr} has a partner of the same name in {args.lr}")
+
+    source = args.model if args.model is not None else default_model_source()
+    model = None
+    if source is not None:
+        try:
+            model = load(source, device=device, dtype=torch.float32)
+        except CheckpointError as e:
+            return _usage_error(f"cannot load the model: {e}")
+        except Exception as e:  # noqa: BLE001 - safetensors/torch errors on a damaged file vary
+            return _usage_error(f"cannot load the model {source}: {type(e).__name__}: {e}")
+    lpips = None
+    if args.lpips_weights is not None:
+        try:
+            lpips = evaluate.load_lpips(args.lpips_weights, device=device)
+        except Exception as e:  # noqa: BLE001 - torch.load's errors on a foreign file vary
+            return _usage_error(f"cannot load the LPIPS weights: {type(e).__name__}: {e}")
+
+    settings = {"model": str(source) if source is not None else None}
+    result = evaluate.evaluate_folders(
+        args.hr, args.lr, None, model=model, max_images=args.max_images, taus=args.tau,
+        samples=args.samples, seed=args.seed, direction=args.direction, lpips=lpips,
+        crop_size=args.crop_size, report_images=args.report_images, progress=not args.quiet,
+        settings=settings)
+    paths = evaluate.write_outputs(result, args.output, title=args.title)
+
+    print(evaluate.summary_text(result))
+    scored = len({r["image"] for r in result.sr_rows + result.ds_rows})
+    print(f"\n{scored} image pair(s) scored in {result.seconds:.1f} s; report: {paths['report.html']}")
+    problems = ([f"skipped {n}: {r}" for n, r in result.skipped]
+                + [f"no LR partner: {n}" for n in result.unmatched_hr]
+                + [f"no HR partner: {n}" for n in result.unmatched_lr])
+    if problems:
+        print(f"{len(problems)} problem(s):\n  " + "\n  ".join(problems), file=sys.stderr)
+    return 0 if result.ok else 1

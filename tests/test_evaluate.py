@@ -1,0 +1,338 @@
+"""`sdflow eval` and sdflow.evaluate / sdflow.report: tiny random model, images made here."""
+import csv
+import json
+import math
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+import sdflow
+from sdflow import evaluate, metrics, report
+from sdflow.cli import main
+from sdflow.imageio import quantize, read_image, to_tensor
+from sdflow.resize import downscale, upscale
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # On a shared 2-core machine torch's worker threads slow tiny tensors down, not up.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def smooth(h, w, seed):
+    """uint8 RGB with structure at several scales, so SSIM and the crop picker have work."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = np.full((h, w, 3), 0.5)
+    for c in range(3):
+        for _ in range(5):
+            fy, fx = rng.uniform(0.5, 9, 2)
+            img[:, :, c] += 0.08 * np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 6))
+    return quantize(np.clip(img, 0, 1))
+
+
+def make_pairs(root, names=("a", "b"), hw=(64, 48)):
+    """HR/<name>.png and LR/<name>.png: LR a noisy area-downscale of HR, as a camera might give."""
+    for i, name in enumerate(names):
+        hr = smooth(*hw, seed=i)
+        t = torch.from_numpy(hr / 255.0).permute(2, 0, 1)[None]
+        lr = downscale(t, 4, "area")[0].permute(1, 2, 0).numpy()
+        lr = lr + np.random.default_rng(10 + i).normal(0, 0.02, lr.shape)
+        for side, img in (("HR", hr), ("LR", quantize(np.clip(lr, 0, 1)))):
+            (root / side).mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(img).save(root / side / f"{name}.png")
+    return root / "HR", root / "LR"
+
+
+def run(*args):
+    return main([str(a) for a in args])
+
+
+class ImgSources(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.external = [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.srcs.append(attrs["src"])
+        for key in ("src", "href"):
+            if attrs.get(key, "").startswith(("http:", "https:", "//")):
+                self.external.append(attrs[key])
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def md_table(text, heading):
+    """Rows (lists of cells) of the first Markdown table after the line starting with `heading`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[0], rows[2:]   # header, body (the rule line dropped)
+
+
+# ----- the CLI end to end -------------------------------------------------------------------------
+
+def test_eval_writes_consistent_files(tmp_path, tiny_model_path, capsys):
+    hr_dir, lr_dir = make_pairs(tmp_path)
+    out = tmp_path / "out"
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out, "--model", tiny_model_path,
+               "--tau", "0", "0.8", "--samples", "2", "--crop-size", "32") == 0
+    printed = capsys.readouterr().out
+    for name in ("sr_per_image.csv", "sr_mean.csv", "ds_per_image.csv", "ds_mean.csv",
+                 "results.json", "results.md", "report.html"):
+        assert (out / name).is_file(), name
+
+    doc = json.loads((out / "results.json").read_text())
+    md = (out / "results.md").read_text()
+    page = (out / "report.html").read_text()
+    for d, first_metric in (("sr", "psnr_y"), ("ds", "psnr_rgb")):
+        per = read_csv(out / f"{d}_per_image.csv")
+        mean = read_csv(out / f"{d}_mean.csv")
+        methods = ["bicubic", "sdflow", "sdflow"] if d == "sr" else ["real LR", "bicubic", "sdflow", "sdflow"]
+        assert [r["method"] for r in mean] == methods
+        assert len(per) == 2 * len(methods)
+        assert doc[d]["per_image"] == json.loads(json.dumps(doc[d]["per_image"]))  # strict JSON
+        assert len(doc[d]["per_image"]) == len(per)
+        # The mean rows are the means of the per-image rows, and the files agree on them.
+        header, body = md_table(md, "## Super" if d == "sr" else "## Down")
+        for row, jrow, mdrow in zip(mean, doc[d]["mean"], body):
+            mine = [float(r[first_metric]) for r in per
+                    if r["method"] == row["method"] and r["tau"] == row["tau"] and r[first_metric]]
+            if row["method"] == "real LR":
+                assert row[first_metric] == "" and jrow[first_metric] is None
+                continue
+            assert float(row[first_metric]) == pytest.approx(np.mean(mine), rel=1e-12)
+            assert jrow[first_metric] == pytest.approx(float(row[first_metric]), rel=1e-12)
+            col = header.index("PSNR-Y ↑" if d == "sr" else "PSNR-RGB ↑")
+            assert mdrow[col] == f"{float(row[first_metric]):.2f}"
+            assert f"{float(row[first_metric]):.2f}" in page
+            assert f"{float(row[first_metric]):.2f}" in printed
+        if d == "sr":
+            assert float(mean[1]["lr_psnr"]) > 0 and float(mean[0]["ssim_y"]) <= 1
+
+    # Diversity: none for one bicubic output, 0 at tau 0 (the mode), > 0 at tau 0.8.
+    sr = {(r["method"], r["tau"]): r for r in read_csv(out / "sr_mean.csv")}
+    assert sr[("bicubic", "")]["diversity"] == ""
+    assert float(sr[("sdflow", "0.0")]["diversity"]) == 0.0
+    assert float(sr[("sdflow", "0.8")]["diversity"]) > 0.5
+    ds = {(r["method"], r["tau"]): r for r in read_csv(out / "ds_mean.csv")}
+    assert float(ds[("sdflow", "0.8")]["diversity"]) > 0
+
+    # The report links only files beside it, all present, and nothing on the network.
+    parser = ImgSources()
+    parser.feed(page)
+    assert parser.srcs and not parser.external
+    for src in parser.srcs:
+        assert not src.startswith(("/", "file:")) and (out / unquote(src)).is_file(), src
+    assert "<svg" in page and "PSNR against the sampling temperature" in page
+
+
+def test_bicubic_rows_equal_direct_computation(tmp_path, capsys):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("x",), hw=(56, 60))
+    out = tmp_path / "out"
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out) == 0
+    assert "SDFlow" not in capsys.readouterr().out
+    assert "only the bicubic baselines" in (out / "results.md").read_text()
+
+    hr = np.asarray(PILImage.open(hr_dir / "x.png"))
+    lr = np.asarray(PILImage.open(lr_dir / "x.png"))
+    up = quantize(((upscale(to_tensor(lr / 255.0), 4)[0] + 1) / 2).permute(1, 2, 0).numpy())
+    sr = read_csv(out / "sr_per_image.csv")
+    assert [r["method"] for r in sr] == ["bicubic"]
+    assert float(sr[0]["psnr_y"]) == pytest.approx(metrics.psnr_y(up, hr, 4), abs=1e-9)
+    assert float(sr[0]["ssim_y"]) == pytest.approx(metrics.ssim_y(up, hr, 4), abs=1e-9)
+    assert float(sr[0]["psnr_rgb"]) == pytest.approx(metrics.psnr(up, hr, 4), abs=1e-9)
+    assert float(sr[0]["ssim_rgb"]) == pytest.approx(metrics.ssim(up, hr, 4), abs=1e-9)
+    back = downscale(torch.from_numpy(up / 255.0).permute(2, 0, 1)[None], 4)[0].permute(1, 2, 0)
+    assert float(sr[0]["lr_psnr"]) == pytest.approx(
+        metrics.psnr(np.clip(back.numpy(), 0, 1), lr, 1), abs=1e-5)
+
+    down = quantize(((downscale(to_tensor(hr / 255.0), 4)[0] + 1) / 2).permute(1, 2, 0).numpy())
+    ds = {r["method"]: r for r in read_csv(out / "ds_per_image.csv")}
+    assert float(ds["bicubic"]["psnr_rgb"]) == pytest.approx(metrics.psnr(down, lr), abs=1e-9)
+    assert float(ds["bicubic"]["ssim_rgb"]) == pytest.approx(metrics.ssim(down, lr), abs=1e-9)
+    assert float(ds["real LR"]["noise"]) == pytest.approx(255 * metrics.noise_sigma(lr), abs=1e-9)
+    assert float(ds["bicubic"]["noise_gap"]) == pytest.approx(
+        abs(255 * metrics.noise_sigma(down) - 255 * metrics.noise_sigma(lr)), abs=1e-9)
+    assert float(ds["bicubic"]["lapvar"]) == pytest.approx(
+        255 ** 2 * metrics.laplacian_variance(down), rel=1e-9)
+    assert float(ds["bicubic"]["grad"]) == pytest.approx(
+        255 * metrics.mean_gradient_magnitude(down), rel=1e-9)
+    assert "sdflow" not in {r["method"] for r in read_csv(out / "sr_mean.csv")}
+
+
+def test_unmatched_and_unreadable_are_reported(tmp_path, capsys):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b", "c"))
+    (lr_dir / "c.png").unlink()
+    PILImage.fromarray(smooth(16, 16, 5)).save(lr_dir / "only_lr.png")
+    (lr_dir / "b.png").write_bytes(b"not a png at all")
+    out = tmp_path / "out"
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out) == 1
+    err = capsys.readouterr().err
+    assert "c.png" in err and "only_lr.png" in err
+    assert re.search(r"skipped b: cannot read the LR image .*b\.png", err)
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["unmatched_hr"] == ["c.png"] and doc["unmatched_lr"] == ["only_lr.png"]
+    assert [s["image"] for s in doc["skipped"]] == ["b"]
+    assert {r["image"] for r in doc["sr"]["per_image"]} == {"a"}
+    page = (out / "report.html").read_text()
+    assert "only_lr.png" in page and "c.png" in page and "cannot read" in page
+
+
+def test_size_mismatch_is_skipped(tmp_path):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"))
+    PILImage.fromarray(smooth(20, 20, 3)).save(lr_dir / "b.png")
+    res = evaluate.evaluate_folders(hr_dir, lr_dir, progress=False, log=lambda m: None)
+    assert not res.ok
+    assert res.skipped[0][0] == "b" and "sizes do not match" in res.skipped[0][1]
+    assert {r["image"] for r in res.sr_rows} == {"a"}
+
+
+def test_no_pairs_and_bad_folders_are_usage_errors(tmp_path, capsys):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a",))
+    (lr_dir / "a.png").rename(lr_dir / "z.png")
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", tmp_path / "o") == 2
+    assert run("eval", "-q", "--hr", tmp_path / "nope", "--lr", lr_dir, "-o", tmp_path / "o") == 2
+    assert "no image in" in capsys.readouterr().err
+
+
+# ----- the engine ---------------------------------------------------------------------------------
+
+def test_identical_sr_gives_inf_and_ssim_one(tmp_path, tiny_model_path):
+    """A model that returns the ground truth: PSNR inf and SSIM 1 must pass through every output."""
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a",))
+    gt = to_tensor(read_image(hr_dir / "a.png").rgb)
+    model = sdflow.load(tiny_model_path)
+    model.super_resolve = lambda lr, tau=0.8, generator=None, **kw: gt.clone()
+    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
+    res = evaluate.run_evaluation(pairs, model, taus=[0.0, 0.5], direction="sr", progress=False,
+                                  crop_size=32, log=lambda m: None)
+    rows = [r for r in res.sr_mean if r["method"] == "sdflow"]
+    assert all(r["psnr_y"] == math.inf and r["psnr_rgb"] == math.inf for r in rows)
+    assert all(r["ssim_y"] == 1.0 and r["ssim_rgb"] == 1.0 for r in rows)
+    assert "inf" in evaluate.summary_text(res)
+    paths = evaluate.write_outputs(res, tmp_path / "out")
+    doc = json.loads(paths["results.json"].read_text())   # strict JSON: no bare Infinity
+    assert doc["sr"]["mean"][1]["psnr_y"] == "inf"
+    assert read_csv(paths["sr_mean.csv"])[1]["psnr_y"] == "inf"
+    assert "| inf |" in paths["results.md"].read_text()
+    page = paths["report.html"].read_text()
+    assert "infinite points not drawn" in page and ">inf<" in page
+
+
+def test_model_failure_skips_the_pair_only(tmp_path, tiny_model_path):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"))
+    model = sdflow.load(tiny_model_path)
+    real = model.downscale
+
+    def flaky(hr, *args, **kwargs):
+        if hr.shape[-1] == 48 and not getattr(flaky, "done", False):
+            flaky.done = True
+            raise RuntimeError("out of memory (simulated)")
+        return real(hr, *args, **kwargs)
+
+    model.downscale = flaky
+    messages = []
+    res = evaluate.run_evaluation(evaluate.match_folders(hr_dir, lr_dir).pairs, model, taus=[0.0],
+                                  progress=False, log=messages.append)
+    assert res.skipped == [("a", "DS at tau 0 failed (RuntimeError: out of memory (simulated))")]
+    assert any(m.startswith("skipped a: DS at tau 0 failed") for m in messages)
+    # Rows of a skipped pair are all dropped, so every mean is over the same images.
+    assert {r["image"] for r in res.sr_rows + res.ds_rows} == {"b"}
+    assert not res.ok
+
+
+def test_lpips_column_only_with_weights(tmp_path):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"), hw=(128, 128))
+    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
+    messages = []
+    res = evaluate.run_evaluation(pairs, None, progress=False, log=messages.append, report_images=0)
+    assert len([m for m in messages if "LPIPS" in m]) == 1
+    assert "lpips" not in [c.key for c in res.columns("sr")]
+    paths = evaluate.write_outputs(res, tmp_path / "out")
+    assert "lpips" not in json.loads(paths["results.json"].read_text())["sr"]["columns"]
+    assert "LPIPS" not in md_table(paths["results.md"].read_text(), "## Super")[0]
+
+    # A state dict in the lpips package's layout (random weights: the check is the wiring).
+    torch.manual_seed(0)
+    net = evaluate.LPIPS("alex")
+    state = {}
+    for k, v in net.state_dict().items():
+        if k.startswith("features."):
+            idx = int(k.split(".")[1])
+            sl = next(i for i, tap in enumerate(net.taps, 1) if idx <= tap)
+            state[f"net.slice{sl}.{k[len('features.'):]}"] = v
+        else:
+            state[f"lin{k.split('.')[1]}.model.1.weight"] = v.abs()
+    torch.save(state, tmp_path / "lpips.pth")
+    loaded = evaluate.load_lpips(tmp_path / "lpips.pth")
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert loaded(x, x).item() == 0.0
+    assert loaded(x, -x).item() > 0
+    messages.clear()
+    res = evaluate.run_evaluation(pairs, None, lpips=tmp_path / "lpips.pth", progress=False,
+                                  log=messages.append, report_images=0)
+    assert not [m for m in messages if "LPIPS" in m]
+    assert "lpips" in [c.key for c in res.columns("sr")]
+    assert all(r["lpips"] > 0 for r in res.sr_rows)
+
+    del state["lin4.model.1.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(ValueError, match="lins.4.weight"):
+        evaluate.load_lpips(tmp_path / "broken.pth")
+
+
+def test_match_folders_by_relative_stem(tmp_path):
+    for side, names in (("HR", ["s/a.png", "b.png", "d.png", "d.jpg"]), ("LR", ["s/a.jpg", "b.png", "d.png", "e.png"])):
+        for n in names:
+            (tmp_path / side / n).parent.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(smooth(8, 8, 0)).save(tmp_path / side / n)
+    m = evaluate.match_folders(tmp_path / "HR", tmp_path / "LR")
+    assert [p.name for p in m.pairs] == ["b", "s/a"]
+    assert m.unmatched_lr == ["e.png"] and m.unmatched_hr == []
+    # d is ambiguous in HR, so neither HR file nor LR's d.png is used, and all three are listed.
+    assert [Path(d).relative_to(tmp_path).as_posix() for d in m.duplicates] == [
+        "HR/d.jpg", "HR/d.png", "LR/d.png"]
+
+
+def test_sample_pairs_match_sdflow_degrade(tmp_path):
+    from sdflow.data.degrade import sample_images
+
+    pairs = evaluate.sample_pairs()
+    assert [p.name for p in pairs] == [p.stem for p in sample_images()]
+    first = sample_images()[0]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / first.name).write_bytes(first.read_bytes())
+    assert run("degrade", "-i", tmp_path / "in", "-o", tmp_path / "d") == 0
+    lr = np.asarray(PILImage.open(tmp_path / "d" / "LR" / f"{first.stem}.png"))
+    assert np.array_equal(quantize(pairs[0].lr.rgb), lr)
+
+
+def test_plot_and_ticks():
+    assert report.nice_ticks(11.3, 27.9) == [10, 15, 20, 25, 30]
+    assert report.nice_ticks(0, 0.8) == [0, 0.2, 0.4, 0.6, 0.8]
+    svg = report.svg_plot([("m", [(0, 20.0), (0.5, 21.0), (1.0, math.inf)])], [("bic", 25.0)],
+                          title="t")
+    assert svg.count("<circle") == 2 and "1 infinite point not drawn" in svg
+    assert 'stroke-dasharray="6 4"' in svg
+    # A crop at whole zooms of its LR pixels, near the target size.
+    assert report.display_size(128) % 32 == 0 and report.display_size(96) % 24 == 0
