@@ -19,6 +19,9 @@ FORMAT_KEY = "sdflow.format"
 FORMAT_VERSION = "1"
 CONFIG_KEY = "sdflow.config"
 AUTHORS_FILES = ("lrencoder.pth", "hrnet.pth", "contentnet.pth", "degnet.pth")
+# `load("default")` names the model shipped inside the package (docs/model_card.md).
+DEFAULT_NAME = "default"
+BUNDLED_FILE = Path(__file__).parent / "assets" / "model" / "sdflow_default.safetensors"
 
 PathLike = Union[str, os.PathLike]
 
@@ -212,8 +215,31 @@ def read_authors_folder(folder: PathLike):
 
 # ----- loading -------------------------------------------------------------------------------
 
+def bundled_model_path() -> Union[Path, None]:
+    """The model shipped with the package, or None where this installation has none."""
+    return BUNDLED_FILE if BUNDLED_FILE.is_file() else None
+
+
+def bundled_metadata() -> Dict[str, str]:
+    """The bundled model's safetensors metadata (training data, degradation preset, steps), or
+    {} where there is none."""
+    from safetensors import safe_open
+
+    path = bundled_model_path()
+    if path is None:
+        return {}
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def read_model_state(source: PathLike):
-    """(ModelConfig, state dict) from any supported source."""
+    """(ModelConfig, state dict) from any supported source; "default" is the bundled model."""
+    if str(source) == DEFAULT_NAME and not Path(source).exists():
+        bundled = bundled_model_path()
+        if bundled is None:
+            raise CheckpointError("this installation of sdflow ships no bundled model "
+                                  f"(expected {BUNDLED_FILE}); give a model file or folder")
+        source = bundled
     path = Path(source)
     if path.is_dir():
         if (path / "model.safetensors").is_file():  # a training run directory
@@ -229,8 +255,8 @@ def read_model_state(source: PathLike):
 def load(source: PathLike, device: Union[str, torch.device] = "cpu",
          dtype: torch.dtype = torch.float32) -> SDFlow:
     """Load an SDFlow from our `.safetensors`, a training checkpoint, a training run directory,
-    or the authors' pretrained folder (lrencoder/hrnet/contentnet/degnet .pth). The model is
-    returned in eval mode."""
+    the authors' pretrained folder (lrencoder/hrnet/contentnet/degnet .pth), or "default" (the
+    model bundled with the package). The model is returned in eval mode."""
     config, state = read_model_state(source)
     model = SDFlow(config)
     try:
@@ -252,5 +278,5 @@ def describe(source: PathLike) -> dict:
             "parameters": int(sum(v.numel() for k, v in state.items() if not k.endswith("initialized")))}
 
 
-__all__ = ["save_model", "load", "convert_authors", "convert_authors_state_dicts", "read_model_state",
+__all__ = ["save_model", "load", "bundled_model_path", "bundled_metadata", "convert_authors", "convert_authors_state_dicts", "read_model_state",
            "CheckpointError", "describe"]

@@ -13,6 +13,7 @@ import sys
 
 # (name, module under sdflow.commands, one-line help)
 COMMANDS = [
+    ("demo", "demo", "super-resolve and downscale the bundled sample photos; writes an HTML report"),
     ("sr", "infer", "super-resolve images x4"),
     ("ds", "infer", "downscale images x4 realistically"),
     ("convert", "convert", "convert the authors' .pth checkpoints into one .safetensors file"),

@@ -15,9 +15,11 @@ PRECISIONS = {"fp32": "float32", "bf16": "float32", "fp16": "float32", "fp64": "
 
 
 def default_model_source():
-    """The model used when --model is not given. The one place to plug in a bundled model:
-    return its path here. None while the package ships none."""
-    return None
+    """The model used when --model is not given: the one bundled with the package (None in an
+    installation without it)."""
+    from sdflow.checkpoints import bundled_model_path
+
+    return bundled_model_path()
 
 
 def register(sub) -> None:
