@@ -19,8 +19,12 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The bundled model on the bundled sample photos: SR and DS, an HTML report in ./sdflow-demo.
+demo: $(STAMP)
+	$(PY) -m sdflow demo -o sdflow-demo
+
 test-all: $(STAMP)
 	$(PY) -m pytest -m ''
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info sdflow-demo

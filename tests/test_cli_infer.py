@@ -12,6 +12,7 @@ from PIL import Image as PILImage
 from sdflow.cli import main
 from sdflow.commands import infer as infer_cmd
 from sdflow.imageio import decode_png, downscale_alpha, encode_png, quantize, read_image, upscale_alpha
+from sdflow.fast import FastSDFlow
 from sdflow.model import SDFlow
 
 
@@ -107,7 +108,7 @@ def test_results_are_rounded_not_truncated(tmp_path, tiny_model_path, monkeypatc
         h, w = lr.shape[-2:]
         return (value * 2 - 1).view(1, 3, 1, 1).expand(1, 3, 4 * h, 4 * w).to(lr.dtype)
 
-    monkeypatch.setattr(SDFlow, "super_resolve", constant)
+    monkeypatch.setattr(FastSDFlow, "super_resolve", constant)  # fp32 runs the fast path
     save(tmp_path / "a.png", 3, 4)
     assert sdflow("sr", "-q", "-i", tmp_path / "a.png", "-o", tmp_path / "out",
                   "--model", tiny_model_path) == 0
@@ -134,7 +135,7 @@ def test_bad_files_are_named_and_the_rest_is_done(tmp_path, tiny_model_path, cap
 
 
 def test_non_finite_output_fails_that_file_by_name(tmp_path, tiny_model_path, monkeypatch, capsys):
-    real = SDFlow.super_resolve
+    real = FastSDFlow.super_resolve
 
     def flaky(self, lr, tau=0.8, generator=None):
         y = real(self, lr, tau=tau, generator=generator)
@@ -146,7 +147,7 @@ def test_non_finite_output_fails_that_file_by_name(tmp_path, tiny_model_path, mo
             return y.masked_fill(y > 0, float("inf"))
         return y
 
-    monkeypatch.setattr(SDFlow, "super_resolve", flaky)
+    monkeypatch.setattr(FastSDFlow, "super_resolve", flaky)
     save(tmp_path / "in" / "fine.png", 8, 8)
     save(tmp_path / "in" / "nan.png", 8, 9)
     save(tmp_path / "in" / "oom.png", 8, 7)
@@ -317,3 +318,36 @@ def test_bf16_fast_path_runs(tmp_path, tiny_model_path):
     assert main(["ds", "-q", "-i", str(src), "-o", str(tmp_path / "o"), "--model", str(tiny_model_path),
                  "--precision", "bf16", "--tile", "16"]) == 0
     assert PILImage.open(tmp_path / "o" / "h_ds.png").size == (8, 8)
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_fp32_runs_the_fast_path_with_the_plain_models_results(tmp_path, tiny_model_path, monkeypatch, mode):
+    import sdflow as sd
+
+    calls = []
+    real_init = FastSDFlow.__init__
+
+    def counting_init(self, *a, **kw):
+        calls.append(1)
+        real_init(self, *a, **kw)
+
+    monkeypatch.setattr(FastSDFlow, "__init__", counting_init)
+    save(tmp_path / "in" / "a.png", 24, 20, seed=3)
+    assert sdflow(mode, "-q", "-i", tmp_path / "in", "-o", tmp_path / "fast", "--model", tiny_model_path,
+                  "--tau", "0.8", "--seed", "5") == 0
+    assert calls, "fp32 did not use the fast path"
+    n = len(calls)
+    assert sdflow(mode, "-q", "-i", tmp_path / "in", "-o", tmp_path / "plain", "--model", tiny_model_path,
+                  "--tau", "0.8", "--seed", "5", "--precision", "fp64") == 0
+    assert len(calls) == n, "fp64 must run the plain model"
+
+    # The plain float32 model, called as the command calls it (seed 5 for sample 0).
+    x = torch.from_numpy(read_image(tmp_path / "in" / "a.png").rgb).permute(2, 0, 1)[None] * 2 - 1
+    model = sd.load(tiny_model_path)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        y = model.super_resolve(x, 0.8, g) if mode == "sr" else model.downscale(x, 0.8, generator=g)
+    ref = ((y[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    fast = np.asarray(PILImage.open(tmp_path / "fast" / f"a_{mode}.png")).astype(np.float64)
+    assert fast.shape == ref.shape
+    assert np.abs(fast - ref).max() <= 1  # at most a rounding flip

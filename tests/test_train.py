@@ -190,7 +190,7 @@ def _objective(loss_over=(), critics=True, vgg=None):
 
 def _only(term, *extra):
     names = ["nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel", "perceptual",
-             "content_cycle"]
+             "content_cycle", "hr_mode", "lr_mode", "sr_cycle"]
     return [f"loss.{n}={1.0 if n == term else 0.0}" for n in names] + list(extra)
 
 
@@ -209,6 +209,8 @@ def test_every_term_is_finite_in_both_stages():
         expect = {"nll_hr", "nll_lr", "content", "domain"} | ({"gan", "pixel", "content_cycle"} if stage2 else set())
         assert expect <= set(terms)
         assert all(math.isfinite(float(v)) for v in terms.values())
+        # The content term's two halves are logged apart and add up to it.
+        assert float(terms["content"]) == pytest.approx(float(terms["content_hr"] + terms["content_lr"]))
         total.backward()
         assert set(critic_inputs) == ({"content", "hr", "lr"} if stage2 else {"content"})
         d_loss, d_terms = CriticObjective(crit)(critic_inputs) if stage2 else \
@@ -238,6 +240,45 @@ def test_content_loss_never_trains_f_lr():
     obj2, model2, _, hr, lr = _objective(_only("content", "loss.content_freeze_f_lr=false"))
     obj2(hr, lr)[0].backward()
     assert _has_grad(model2.f_lr)
+
+
+def test_hr_mode_term_is_the_tau0_reconstruction_error_and_trains_both_hr_flows():
+    obj, model, _, hr, lr = _objective(_only("hr_mode"))
+    obj.dequantize_inputs = False
+    total, terms, _ = obj(hr, lr)
+    assert set(k for k, v in obj.weights(False).items() if v > 0) == {"hr_mode"}
+    # Independently: decode the HR patch's own content with f_HF's mode (z = 0).
+    with torch.no_grad():
+        z_c, _, _ = model.encode_hr(hr)
+        z_h0 = model.f_hf.inverse(torch.zeros(2, 45, 8, 8), z_c)[0]
+        expect = (model.decode_hr(z_c, z_h0) - hr).abs().mean()
+    assert float(terms["hr_mode"]) == pytest.approx(float(expect), rel=1e-5)
+    total.backward()
+    assert _has_grad(model.f_hr) and _has_grad(model.f_hf)
+    assert not _has_grad(model.f_lr) and not _has_grad(model.content_extractor)
+    # Off by default: the spec's objective has no such term.
+    assert TrainConfig().loss.hr_mode == 0.0
+    assert "hr_mode" not in _objective()[0](hr, lr)[1]
+
+
+def test_lr_mode_term_decodes_the_lr_content_with_a_mixture_mean():
+    obj, model, _, hr, lr = _objective(_only("lr_mode"))
+    obj.dequantize_inputs = False
+    with torch.no_grad():  # every component mean moved apart, so the component drawn matters
+        model.deg_prior.means.normal_(0, 0.1)
+    torch.manual_seed(3)
+    total, terms, _ = obj(hr, lr)
+    with torch.no_grad():
+        c = model.content(lr)
+        errs = []
+        for k in range(model.deg_prior.means.shape[0]):
+            z = model.deg_prior.sample(model.f_deg.latent_shape(c, 3), 0.0, component=k)
+            errs.append(float((model.f_lr.inverse(c + model.f_deg.inverse(z, c)[0])[0] - lr).abs().mean()))
+    assert min(errs) - 1e-6 <= float(terms["lr_mode"]) <= max(errs) + 1e-6
+    total.backward()
+    assert _has_grad(model.f_lr) and _has_grad(model.f_deg)
+    assert not _has_grad(model.content_extractor) and not _has_grad(model.f_hr)  # c is detached
+    assert TrainConfig().loss.lr_mode == 0.0
 
 
 def test_z_c_enters_f_hf_detached(monkeypatch):
@@ -300,6 +341,18 @@ def test_content_cycle_trains_only_e_by_default():
     obj2, model2, _, hr, lr = _objective(_only("content_cycle", "loss.cycle_detach_ds=false"))
     obj2(hr, lr, stage2=True)[0].backward()
     assert _has_grad(model2.f_deg)
+
+
+def test_sr_cycle_trains_the_sr_path_on_detached_ds_samples():
+    obj, model, _, hr, lr = _objective(_only("sr_cycle"))
+    assert "sr_cycle" not in obj(hr, lr)[1]  # a stage-2 term
+    total, terms, _ = obj(hr, lr, stage2=True)
+    assert 0 < float(terms["sr_cycle"]) < 2
+    total.backward()
+    for m in (model.content_extractor, model.f_hr, model.f_hf):
+        assert _has_grad(m)
+    for m in (model.f_lr, model.f_deg):  # the DS sample is detached: it is the data here
+        assert not _has_grad(m)
 
 
 def test_pixel_consistency_reaches_the_samplers():

@@ -44,6 +44,9 @@ def save_model(model: SDFlow, path: PathLike, dtype: torch.dtype = None, metadat
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
         tensors[name] = t.contiguous()
+    reserved = {FORMAT_KEY, CONFIG_KEY} & {str(k) for k in (metadata or {})}
+    if reserved:
+        raise ValueError(f"metadata keys {sorted(reserved)} are sdflow's own")
     meta = {FORMAT_KEY: FORMAT_VERSION, CONFIG_KEY: model.config.to_json()}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)

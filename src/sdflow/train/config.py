@@ -68,6 +68,19 @@ class LossConfig:
     pixel: float = 0.5
     perceptual: float = 0.5
     content_cycle: float = 1.0
+    # [ours, off in the spec's objective] L1 between an HR patch and its decoding at tau 0,
+    # f_HR^-1([z_c^h, f_HF^-1(0; z_c^h)]): without it the flow's mode is free to be a poor
+    # picture, and tau-0 SR of small models stays below bicubic (docs/training.md, ablation).
+    hr_mode: float = 0.0
+    # [ours, off in the spec's objective] The LR side's counterpart: L1 between a real LR patch and
+    # f_LR^-1(c + f_Deg^-1(mu_k; c)), its own content with a mixture mean as degradation (c
+    # detached, so that E is not asked to carry the noise). It makes tau-0 DS the typical
+    # degradation rather than an arbitrary latent point.
+    lr_mode: float = 0.0
+    # [ours, off in the spec's objective] Stage 2: the HR -> DS -> SR cycle. The DS sample
+    # (detached) is super-resolved at tau 0 and compared with the HR patch it came from, L1:
+    # the SR path is trained on the learnt degradation, as supervised SR is on a simulated one.
+    sr_cycle: float = 0.0
     # Switches and details.
     nll_lr_detach_content: bool = True
     content_freeze_f_lr: bool = True

@@ -105,13 +105,14 @@ class GeneratorObjective(nn.Module):
         (no VGG weights, no critic) are 0."""
         c = self.cfg
         has_vgg = self.vgg is not None
-        w = {"nll_hr": c.nll_hr, "nll_lr": c.nll_lr, "content": c.content,
+        w = {"nll_hr": c.nll_hr, "nll_lr": c.nll_lr, "content": c.content, "hr_mode": c.hr_mode,
+             "lr_mode": c.lr_mode,
              "content_perceptual": c.content_perceptual if (has_vgg and c.content > 0) else 0.0,
              "domain": c.domain if "content" in self.critics else 0.0}
         if stage2:
             w.update({"gan": c.gan if {"hr", "lr"} <= set(self.critics) else 0.0,
                       "pixel": c.pixel, "perceptual": c.perceptual if has_vgg else 0.0,
-                      "content_cycle": c.content_cycle})
+                      "content_cycle": c.content_cycle, "sr_cycle": c.sr_cycle})
         return w
 
     def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -142,6 +143,17 @@ class GeneratorObjective(nn.Module):
             z_deg, logdet_deg = m.f_deg(z_lr - cond, cond)
             terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
 
+        if w["hr_mode"] > 0:
+            y_mode = m.decode_hr(z_c_h, m.f_hf.sample(z_c_h.detach(), HF_CHANNELS, 0.0))
+            terms["hr_mode"] = F.l1_loss(y_mode, hr)
+
+        if w["lr_mode"] > 0:
+            c_d = c.detach()
+            z_mean = m.deg_prior.sample(m.f_deg.latent_shape(c_d, CONTENT_CHANNELS), 0.0, None,
+                                        cfg.ds_sampler).to(c_d.dtype)
+            x_mode = m.f_lr.inverse(c_d + m.f_deg.inverse(z_mean, c_d)[0])[0]
+            terms["lr_mode"] = F.l1_loss(x_mode, lr)
+
         hr_small = None
         if w["content"] > 0 or stage2:
             hr_small = downscale(hr, 4)  # antialiased bicubic: the low frequencies y and x share
@@ -150,7 +162,10 @@ class GeneratorObjective(nn.Module):
                 else (lambda z: m.f_lr.inverse(z)[0])
             lr_from_hr, lr_from_c = inv(z_c_h), inv(c)
             sigma_hr = sigma if cfg.content_hr_lpf_sigma is None else cfg.content_hr_lpf_sigma
-            terms["content"] = low_pass_l1(lr_from_hr, hr_small, sigma_hr) + low_pass_l1(lr_from_c, lr, sigma)
+            # Both halves are logged apart: which side fails to pin its content tells a lot.
+            terms["content_hr"] = low_pass_l1(lr_from_hr, hr_small, sigma_hr)
+            terms["content_lr"] = low_pass_l1(lr_from_c, lr, sigma)
+            terms["content"] = terms["content_hr"] + terms["content_lr"]
             if w["content_perceptual"] > 0:
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, hr_small)
                                                + perceptual_distance(self.vgg, lr_from_c, lr))
@@ -183,9 +198,16 @@ class GeneratorObjective(nn.Module):
             if w["perceptual"] > 0:
                 terms["perceptual"] = (perceptual_distance(self.vgg, y_sr_small, lr)
                                        + perceptual_distance(self.vgg, x_ds, hr_small))
+            c_ds = None
             if w["content_cycle"] > 0:
                 x_in = x_ds_j.detach() if cfg.cycle_detach_ds else x_ds_j
-                terms["content_cycle"] = F.l1_loss(m.content(x_in), z_c_h.detach())
+                c_ds = m.content(x_in)
+                terms["content_cycle"] = F.l1_loss(c_ds, z_c_h.detach())
+            if w["sr_cycle"] > 0:
+                if c_ds is None or not cfg.cycle_detach_ds:
+                    c_ds = m.content(x_ds_j.detach())
+                y_cyc = m.decode_hr(c_ds, m.f_hf.sample(c_ds.detach(), HF_CHANNELS, 0.0))
+                terms["sr_cycle"] = F.l1_loss(y_cyc, hr)
             terms["sr_range"] = (y_sr.detach().abs() > 1.0).float().mean()  # how far samples overshoot
 
         total = sum(w[k] * terms[k].float() for k in w if w[k] > 0 and k in terms)
