@@ -351,3 +351,35 @@ def test_fp32_runs_the_fast_path_with_the_plain_models_results(tmp_path, tiny_mo
     fast = np.asarray(PILImage.open(tmp_path / "fast" / f"a_{mode}.png")).astype(np.float64)
     assert fast.shape == ref.shape
     assert np.abs(fast - ref).max() <= 1  # at most a rounding flip
+
+
+def test_workers_read_ahead_in_threads_and_change_nothing(tmp_path, tiny_model_path, monkeypatch, capsys):
+    import threading
+
+    from sdflow import inference
+
+    src = tmp_path / "in"
+    for i in range(7):
+        save(src / f"im{i}.png", 8 + 4 * (i % 2), 8, seed=i)
+    (src / "im3.png").write_bytes(b"not an image")
+    readers = []
+    real_read = inference.read_image
+
+    def spy(path):
+        readers.append((Path(path).name, threading.current_thread().name))
+        return real_read(path)
+
+    monkeypatch.setattr(inference, "read_image", spy)
+    outs = {}
+    for workers in (0, 3):
+        out = tmp_path / f"w{workers}"
+        assert sdflow("sr", "-q", "-i", src, "-o", out, "--model", tiny_model_path, "--workers", workers) == 1
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+        assert "im3.png" in capsys.readouterr().err
+    assert outs[0] == outs[3] and len(outs[0]) == 6                     # same files, same bytes
+    threads = [t for _, t in readers]
+    assert all(t == threading.main_thread().name for t in threads[:7])   # --workers 0: inline
+    assert all(t.startswith("sdflow-read") for t in threads[7:])         # --workers 3: read ahead
+    with pytest.raises(SystemExit) as e:
+        sdflow("sr", "-i", src, "-o", tmp_path / "x", "--workers", "-1")
+    assert e.value.code == 2

@@ -87,4 +87,4 @@ def test_sr_and_ds_use_the_bundled_model_without_model_flag(tmp_path):
     assert main(["sr", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "sr"), "--tau", "0"]) == 0
     assert read_image(tmp_path / "sr" / "a_sr.png").rgb.shape == (80, 96, 3)
     assert main(["ds", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "ds")]) == 0
-    assert read_image(tmp_path / "ds" / "a_sr.png").rgb.shape == (5, 6, 3)
+    assert read_image(tmp_path / "ds" / "a_ds.png").rgb.shape == (5, 6, 3)

@@ -149,7 +149,7 @@ def test_eval_writes_consistent_files(tmp_path, tiny_model_path, capsys):
 def test_bicubic_rows_equal_direct_computation(tmp_path, capsys):
     hr_dir, lr_dir = make_pairs(tmp_path, names=("x",), hw=(56, 60))
     out = tmp_path / "out"
-    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out) == 0
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out, "--model", "none") == 0
     assert "SDFlow" not in capsys.readouterr().out
     assert "only the bicubic baselines" in (out / "results.md").read_text()
 
@@ -186,7 +186,7 @@ def test_unmatched_and_unreadable_are_reported(tmp_path, capsys):
     PILImage.fromarray(smooth(16, 16, 5)).save(lr_dir / "only_lr.png")
     (lr_dir / "b.png").write_bytes(b"not a png at all")
     out = tmp_path / "out"
-    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out) == 1
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out, "--model", "none") == 1
     err = capsys.readouterr().err
     assert "c.png" in err and "only_lr.png" in err
     assert re.search(r"skipped b: cannot read the LR image .*b\.png", err)

@@ -20,8 +20,11 @@ on; problems with the request as a whole raise InferenceError before anything is
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Union
@@ -58,6 +61,7 @@ class Options:
     sampler: str = "image"             # ds: "image" | "element"
     tile: Union[int, str] = "auto"     # input pixels per tile; "auto": only as memory needs; 0: never
     tile_pad: Optional[int] = None     # context around each tile (None: tiling's defaults)
+    workers: int = 0                   # threads decoding the next images while one computes
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -78,6 +82,8 @@ class Options:
             raise InferenceError(f"tile must be 'auto' or a whole number >= 0, got {self.tile!r}")
         if self.tile_pad is not None and (int(self.tile_pad) != self.tile_pad or self.tile_pad < 0):
             raise InferenceError(f"tile_pad must be a whole number >= 0, got {self.tile_pad!r}")
+        if int(self.workers) != self.workers or self.workers < 0:
+            raise InferenceError(f"workers must be a whole number >= 0, got {self.workers!r}")
         if isinstance(self.component, int):
             self.component = [self.component]
         if self.component is not None:
@@ -232,17 +238,25 @@ def _tiled(model, x, options: Options, tile: int, generator) -> torch.Tensor:
                                   generator)
 
 
-def process_file(model, job: Job, options: Options) -> FileResult:
-    """Read, run every sample, write. Every problem becomes the result's error; samples that
-    succeeded before a failure are kept on disk and listed in `outputs`."""
-    result = FileResult(job.source)
+def read_job(job: Job):
+    """The job's decoded image, or the reason there is none (a string)."""
     if job.error is not None:
-        result.error = job.error
-        return result
+        return job.error
     try:
-        image = read_image(job.source)
+        return read_image(job.source)
     except ImageReadError as e:
-        result.error = f"cannot read: {e.reason}"
+        return f"cannot read: {e.reason}"
+
+
+def process_file(model, job: Job, options: Options, image=None) -> FileResult:
+    """Read (unless `image`, read_job's answer, is given), run every sample, write. Every problem
+    becomes the result's error; samples that succeeded before a failure are kept on disk and
+    listed in `outputs`."""
+    result = FileResult(job.source)
+    if image is None:
+        image = read_job(job)
+    if isinstance(image, str):
+        result.error = image
         return result
     x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
     problems = []
@@ -287,6 +301,34 @@ def _check_components(model, options: Options) -> None:
                              f"has components 0..{k - 1}")
 
 
+@contextlib.contextmanager
+def _prefetch(jobs: Sequence[Job], workers: int):
+    """read_job's answers in job order. With workers > 0, decoding runs in threads (Pillow and
+    numpy release the GIL) at most 2 x workers images ahead, so memory stays bounded."""
+    if workers <= 0:
+        yield (read_job(j) for j in jobs)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdflow-read") as pool:
+        def ordered():
+            pending = collections.deque()
+            it = iter(jobs)
+            for job in it:
+                pending.append(pool.submit(read_job, job))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                image = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(read_job, nxt))
+                yield image
+        gen = ordered()
+        try:
+            yield gen
+        finally:
+            gen.close()  # an interrupted run: drop what was read ahead, wait for running reads
+
+
 def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
         log: Optional[Callable[[str], None]] = None) -> Summary:
     """Process `jobs` with a progress bar; failures are logged as they happen (to stderr unless
@@ -297,10 +339,10 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     summary = Summary()
     with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        for job in jobs:
+              file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers) as images:
+        for job, image in zip(jobs, images):
             bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
-            result = process_file(model, job, options)
+            result = process_file(model, job, options, image)
             if result.ok:
                 summary.done.append(result)
             else:

@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", "-m", default=None, metavar="SRC",
                    help="SDFlow to evaluate (.safetensors, training checkpoint or run folder, or the "
-                        "authors' folder); without it only the bicubic baselines are scored")
+                        "authors' folder; default: the bundled model); 'none' scores only the "
+                        "bicubic baselines")
     p.add_argument("--direction", choices=("sr", "ds", "both"), default="both",
                    help="what to evaluate (default: both)")
     p.add_argument("--tau", type=_non_negative_float, nargs="+", default=[0.0, 0.8], metavar="T",
@@ -76,7 +77,10 @@ def run(args) -> int:
     if not matching.pairs:
         return _usage_error(f"no image in {args.hr} has a partner of the same name in {args.lr}")
 
-    source = args.model if args.model is not None else default_model_source()
+    if args.model is not None and args.model.lower() == "none":
+        source = None
+    else:
+        source = args.model if args.model is not None else default_model_source()
     model = None
     if source is not None:
         try:

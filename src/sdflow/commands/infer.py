@@ -70,6 +70,8 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                         "large enough to need it; 0: never (default: auto)")
     p.add_argument("--tile-pad", type=_non_negative_int, default=None, metavar="P",
                    help="context pixels around each tile (default: 16 for sr, 64 for ds)")
+    p.add_argument("--workers", type=_non_negative_int, default=1, metavar="N",
+                   help="threads decoding the next images while the model runs (0: none; default 1)")
     p.add_argument("--suffix", default=None,
                    help=f"added to output names as <stem>_<suffix> (default: {mode}; '' for none)")
     p.add_argument("--ext", choices=("auto", "png", "jpg"), default="auto",
@@ -146,7 +148,7 @@ def run(args) -> int:
                           suffix=args.suffix, ext=args.ext,
                           component=getattr(args, "component", None),
                           sampler=getattr(args, "sampler", "image"), tile=args.tile,
-                          tile_pad=args.tile_pad)
+                          tile_pad=args.tile_pad, workers=args.workers)
         # Inputs first: a typo in -i should not cost a model load.
         jobs = plan(args.input, args.output, options)
     except InferenceError as e:
