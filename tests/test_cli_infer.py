@@ -208,6 +208,7 @@ def test_usage_errors_exit_2(tmp_path, tiny_model_path, capsys):
 
 def test_default_model_is_plugged_in_at_one_place(tmp_path, tiny_model_path, capsys, monkeypatch):
     a = save(tmp_path / "a.png", 8, 8)
+    monkeypatch.setattr(infer_cmd, "default_model_source", lambda: None)  # an install without one
     assert sdflow("sr", "-i", a, "-o", tmp_path / "out") == 2
     assert "no --model given and no bundled model" in capsys.readouterr().err
     monkeypatch.setattr(infer_cmd, "default_model_source", lambda: tiny_model_path)
