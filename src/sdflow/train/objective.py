@@ -72,6 +72,19 @@ class _Inverse(nn.Module):
         return self.flow.inverse(z, cond)
 
 
+def sr_from_content(m: SDFlow, z_c: torch.Tensor, tau: float) -> torch.Tensor:
+    """f_HR^-1([z_c, f_HF^-1(tau eps; sg(z_c))]): an HR image from a content map. f_HF sees the
+    content detached (the spec's rule: f_HF may not shape the content); f_HR sees it whole."""
+    return m.decode_hr(z_c, m.f_hf.sample(z_c.detach(), HF_CHANNELS, tau))
+
+
+def ds_from_content(m: SDFlow, z_c: torch.Tensor, tau: float, sampler: str) -> torch.Tensor:
+    """f_LR^-1(z_c + f_Deg^-1(z'; z_c)), z' from the mixture at temperature tau: an LR image from
+    a content map."""
+    z = m.deg_prior.sample(m.f_deg.latent_shape(z_c, CONTENT_CHANNELS), tau, None, sampler).to(z_c.dtype)
+    return m.f_lr.inverse(z_c + m.f_deg.inverse(z, z_c)[0])[0]
+
+
 def call_frozen(module: nn.Module, *args, inverse: bool = False):
     """Run `module` (or its inverse) with its parameters detached: gradients reach the
     inputs but not the parameters. Cheaper and safer than toggling requires_grad, which
@@ -144,15 +157,9 @@ class GeneratorObjective(nn.Module):
             terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
 
         if w["hr_mode"] > 0:
-            y_mode = m.decode_hr(z_c_h, m.f_hf.sample(z_c_h.detach(), HF_CHANNELS, 0.0))
-            terms["hr_mode"] = F.l1_loss(y_mode, hr)
-
+            terms["hr_mode"] = F.l1_loss(sr_from_content(m, z_c_h, 0.0), hr)
         if w["lr_mode"] > 0:
-            c_d = c.detach()
-            z_mean = m.deg_prior.sample(m.f_deg.latent_shape(c_d, CONTENT_CHANNELS), 0.0, None,
-                                        cfg.ds_sampler).to(c_d.dtype)
-            x_mode = m.f_lr.inverse(c_d + m.f_deg.inverse(z_mean, c_d)[0])[0]
-            terms["lr_mode"] = F.l1_loss(x_mode, lr)
+            terms["lr_mode"] = F.l1_loss(ds_from_content(m, c.detach(), 0.0, cfg.ds_sampler), lr)
 
         hr_small = None
         if w["content"] > 0 or stage2:
@@ -177,14 +184,8 @@ class GeneratorObjective(nn.Module):
 
         if stage2:
             tau = cfg.stage2_tau
-            # SR from real LR: content c, high frequencies sampled from f_HF given sg(c).
-            z_h_sr = m.f_hf.sample(c.detach(), HF_CHANNELS, tau)
-            y_sr = m.decode_hr(c, z_h_sr)
-            # DS from real HR: content z_c^h plus a degradation drawn from the mixture.
-            shape = m.f_deg.latent_shape(z_c_h, CONTENT_CHANNELS)
-            z_deg = m.deg_prior.sample(shape, tau, None, cfg.ds_sampler).to(z_c_h.dtype)
-            z_d = m.f_deg.inverse(z_deg, z_c_h)[0]
-            x_ds = m.f_lr.inverse(z_c_h + z_d)[0]
+            y_sr = sr_from_content(m, c, tau)                       # SR from real LR
+            x_ds = ds_from_content(m, z_c_h, tau, cfg.ds_sampler)   # DS from real HR
             y_sr_j = quantize_st(y_sr) if cfg.quantize_fakes else y_sr
             x_ds_j = quantize_st(x_ds) if cfg.quantize_fakes else x_ds
 
@@ -206,8 +207,7 @@ class GeneratorObjective(nn.Module):
             if w["sr_cycle"] > 0:
                 if c_ds is None or not cfg.cycle_detach_ds:
                     c_ds = m.content(x_ds_j.detach())
-                y_cyc = m.decode_hr(c_ds, m.f_hf.sample(c_ds.detach(), HF_CHANNELS, 0.0))
-                terms["sr_cycle"] = F.l1_loss(y_cyc, hr)
+                terms["sr_cycle"] = F.l1_loss(sr_from_content(m, c_ds, 0.0), hr)
             terms["sr_range"] = (y_sr.detach().abs() > 1.0).float().mean()  # how far samples overshoot
 
         total = sum(w[k] * terms[k].float() for k in w if w[k] > 0 and k in terms)
