@@ -16,15 +16,17 @@ STEP = re.compile(r"\bstep (\d+)/\d+ stage \d \| (.*?) \|")
 VAL = re.compile(r"validation at step (\d+): (.*)$")
 
 
+PAIR = re.compile(r"(\w+)=([-\d.eE+naif]+)")
+
+
 def parse(log: str):
+    """({step: {term: value}} of the loss lines, the same of the validation lines)."""
     terms, val = {}, {}
     for line in log.splitlines():
-        m = STEP.search(line)
-        if m:
-            terms[int(m.group(1))] = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.eE+naif]+)", m.group(2))}
-        m = VAL.search(line)
-        if m:
-            val[int(m.group(1))] = {k: float(v) for k, v in re.findall(r"(\w+)=([-\d.eE+naif]+)", m.group(2))}
+        for pattern, into in ((STEP, terms), (VAL, val)):
+            m = pattern.search(line)
+            if m:
+                into[int(m.group(1))] = {k: float(v) for k, v in PAIR.findall(m.group(2))}
     return terms, val
 
 

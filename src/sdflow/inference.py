@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -310,17 +311,11 @@ def _prefetch(jobs: Sequence[Job], workers: int):
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdflow-read") as pool:
         def ordered():
-            pending = collections.deque()
             it = iter(jobs)
-            for job in it:
-                pending.append(pool.submit(read_job, job))
-                if len(pending) >= 2 * workers:
-                    break
+            pending = collections.deque(pool.submit(read_job, j) for j in itertools.islice(it, 2 * workers))
             while pending:
                 image = pending.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.append(pool.submit(read_job, nxt))
+                pending.extend(pool.submit(read_job, j) for j in itertools.islice(it, 1))
                 yield image
         gen = ordered()
         try:

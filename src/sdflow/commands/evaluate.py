@@ -77,10 +77,10 @@ def run(args) -> int:
     if not matching.pairs:
         return _usage_error(f"no image in {args.hr} has a partner of the same name in {args.lr}")
 
-    if args.model is not None and args.model.lower() == "none":
-        source = None
+    if args.model is None:
+        source = default_model_source()
     else:
-        source = args.model if args.model is not None else default_model_source()
+        source = None if args.model.lower() == "none" else args.model
     model = None
     if source is not None:
         try:
