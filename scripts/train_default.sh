@@ -9,8 +9,10 @@
 #   WORK/data/train_HR, train_LR   `sdflow degrade --mode unpaired`: half of the tiles clean, the
 #                         other half degraded with PRESET; no LR tile shows what an HR tile shows
 #   WORK/test/HR, LR      held-out photos (bundled samples + scikit-image), degraded with PRESET
+#   WORK/test_draws/HR, LR  the same photos, four degradation draws each (seeds 1-4)
 #   WORK/run/             the training run (configs/default.yaml)
-#   WORK/eval/            `sdflow eval` of the run on WORK/test: the model card's table
+#   WORK/eval/, eval_draws/  `sdflow eval` of the run on WORK/test and WORK/test_draws: the
+#                         model card's tables
 #
 # DATA_ONLY=1 stops before training; TRAIN_ARGS adds options to `sdflow train` (e.g. --set ...).
 # BUNDLE=1 also copies the model into src/sdflow/assets/model/ with its metadata. Needs the
@@ -52,6 +54,19 @@ rm -rf "$WORK/data" "$WORK/test" "$WORK/test_photos"
 mkdir -p "$WORK/test_photos"
 cp "$PHOTOS"/samples/*.png "$PHOTOS"/skimage/*.png "$WORK/test_photos/"
 "$PYTHON" -m sdflow degrade -i "$WORK/test_photos" -o "$WORK/test" --preset "$PRESET" --seed 1
+# Nine pairs give a noisy figure (each photo draws one random degradation), so the model card's
+# main table uses four draws of each photo: seeds 1-4, 36 pairs, named <photo>_s<seed>.png.
+rm -rf "$WORK/test_draws"
+for seed in 1 2 3 4; do
+    "$PYTHON" -m sdflow degrade -i "$WORK/test_photos" -o "$WORK/test_draws/s$seed" --preset "$PRESET" --seed "$seed"
+    for side in HR LR; do
+        mkdir -p "$WORK/test_draws/$side"
+        for f in "$WORK/test_draws/s$seed/$side"/*.png; do
+            cp "$f" "$WORK/test_draws/$side/$(basename "$f" .png)_s$seed.png"
+        done
+    done
+    rm -rf "$WORK/test_draws/s$seed"
+done
 
 [ "${DATA_ONLY:-0}" = 1 ] && exit 0
 
@@ -64,6 +79,8 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m sdflow train --config "$REPO/
 echo "== evaluation on the held-out photos"
 "$PYTHON" -m sdflow eval --hr "$WORK/test/HR" --lr "$WORK/test/LR" --model "$WORK/run" \
     -o "$WORK/eval" --tau 0 0.4 0.8 --samples 2 -q
+"$PYTHON" -m sdflow eval --hr "$WORK/test_draws/HR" --lr "$WORK/test_draws/LR" --model "$WORK/run" \
+    -o "$WORK/eval_draws" --tau 0 0.4 0.8 --samples 2 -q
 
 if [ "${BUNDLE:-0}" = 1 ]; then
     echo "== bundling"

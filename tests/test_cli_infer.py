@@ -384,3 +384,52 @@ def test_workers_read_ahead_in_threads_and_change_nothing(tmp_path, tiny_model_p
     with pytest.raises(SystemExit) as e:
         sdflow("sr", "-i", src, "-o", tmp_path / "x", "--workers", "-1")
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_batch_size_groups_same_size_images_and_changes_only_rounding(tmp_path, tiny_model_path, mode,
+                                                                      monkeypatch, capsys):
+    from sdflow import batching, inference
+
+    side = 8 if mode == "sr" else 32
+    src = tmp_path / "in"
+    for i in range(8):
+        save(src / f"im{i}.png", side if i < 5 or i == 7 else side + 4, side, seed=i)
+    (src / "im4.png").write_bytes(b"not an image")
+    sizes = []
+    real = inference._batched_samples
+
+    def spy(model, xs, options, n):
+        sizes.append(len(xs))
+        return real(model, xs, options, n)
+
+    monkeypatch.setattr(inference, "_batched_samples", spy)
+    outs = {}
+    for bs in (1, 3):
+        out = tmp_path / f"b{bs}"
+        assert sdflow(mode, "-q", "-i", src, "-o", out, "--model", tiny_model_path, "--batch-size", bs,
+                      "--samples", 2, "--tau", 0.8) == 1
+        assert "im4.png" in capsys.readouterr().err
+        outs[bs] = {p.name: np.asarray(PILImage.open(p), dtype=np.int16) for p in sorted(out.iterdir())}
+    # Runs of consecutive same-size images, cut by the unreadable file and by size changes.
+    assert sizes == [3, 2]
+    assert sorted(outs[1]) == sorted(outs[3]) and len(outs[1]) == 14
+    for name, a in outs[1].items():
+        assert np.abs(a - outs[3][name]).max() <= 1, name      # the same noise per image and sample
+    assert not np.array_equal(outs[3]["im0_%s_0.png" % mode], outs[3]["im1_%s_0.png" % mode])
+
+    # A batch that fails falls back to one image at a time, with the same files.
+    def broken(*args, **kw):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(batching, "batched_super_resolve", broken)
+    monkeypatch.setattr(batching, "batched_downscale", broken)
+    out = tmp_path / "fallback"
+    assert sdflow(mode, "-q", "-i", src, "-o", out, "--model", tiny_model_path, "--batch-size", 3,
+                  "--samples", 2, "--tau", 0.8) == 1
+    assert "batch of 3 failed" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == \
+        {p.name: p.read_bytes() for p in sorted((tmp_path / "b1").iterdir())}
+    with pytest.raises(SystemExit) as e:
+        sdflow(mode, "-i", src, "-o", tmp_path / "x", "--batch-size", "0")
+    assert e.value.code == 2

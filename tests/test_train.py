@@ -19,7 +19,8 @@ from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator,
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig, apply_overrides
 from sdflow.train.loop import TrainingDiverged, train
-from sdflow.train.objective import CriticObjective, GeneratorObjective, bits_per_dim_nll
+from sdflow.train.objective import (CriticObjective, GeneratorObjective, bits_per_dim_nll, hf_distribution_l1,
+                                    high_pass_energy)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -190,7 +191,7 @@ def _objective(loss_over=(), critics=True, vgg=None):
 
 def _only(term, *extra):
     names = ["nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel", "perceptual",
-             "content_cycle", "hr_mode", "lr_mode", "sr_cycle"]
+             "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match", "content_hf_match"]
     return [f"loss.{n}={1.0 if n == term else 0.0}" for n in names] + list(extra)
 
 
@@ -355,6 +356,51 @@ def test_sr_cycle_trains_the_sr_path_on_detached_ds_samples():
         assert not _has_grad(m)
 
 
+def test_hf_distribution_l1_compares_sorted_per_image_energies():
+    g = torch.Generator().manual_seed(0)
+    flat = torch.zeros(1, 3, 10, 10)
+    ramp = torch.linspace(-1, 1, 10).expand(1, 3, 10, 10)
+    noise = torch.randn(1, 3, 10, 10, generator=g) * 0.1
+    assert float(high_pass_energy(ramp).max()) < 1e-6                # blind to linear ramps
+    # Immerkaer's mask has L2 norm 6: on white noise of std s, E|r| = 6 s sqrt(2 / pi).
+    big = torch.randn(1, 3, 200, 200, generator=g) * 0.1
+    assert torch.allclose(high_pass_energy(big), torch.full((1, 3), 0.6 * math.sqrt(2 / math.pi)), rtol=0.03)
+    real = torch.cat([flat, noise])
+    # A batch with one smooth and one noisy image matches another in either order...
+    assert float(hf_distribution_l1(torch.cat([noise, flat]), real)) == 0.0
+    # ...but not a batch of two half-noisy images, although the means agree.
+    half = torch.cat([flat + noise / 2, flat + noise / 2])
+    assert torch.allclose(high_pass_energy(half).mean(0), high_pass_energy(real).mean(0))
+    assert float(hf_distribution_l1(half, real)) > 0.05
+    with pytest.raises(ValueError, match="one size"):
+        hf_distribution_l1(noise, real)
+
+
+def test_ds_hf_match_trains_the_ds_path_only():
+    obj, model, _, hr, lr = _objective(_only("ds_hf_match"))
+    assert "ds_hf_match" not in obj(hr, lr)[1]  # a stage-2 term
+    total, terms, _ = obj(hr, lr, stage2=True)
+    assert float(terms["ds_hf_match"]) > 0
+    total.backward()
+    for m in (model.f_hr, model.f_lr, model.f_deg):  # z_c^h, f_Deg^-1 and f_LR^-1 make the sample
+        assert _has_grad(m)
+    for m in (model.content_extractor, model.f_hf):
+        assert not _has_grad(m)
+
+
+def test_content_hf_match_sharpens_e_against_a_fixed_hr_content():
+    obj, model, _, hr, lr = _objective(_only("content_hf_match"))
+    total, terms, _ = obj(hr, lr)  # stage 1 already
+    expected = hf_distribution_l1(model.content(lr), model.encode_hr(hr)[0])
+    # (f_HR sees the dequantised HR in the objective: equal up to that noise)
+    expected = expected.detach()
+    assert torch.allclose(terms["content_hf_match"], expected, rtol=1e-3) and float(expected) > 0
+    total.backward()
+    assert _has_grad(model.content_extractor)
+    for m in (model.f_hr, model.f_lr, model.f_deg, model.f_hf):
+        assert not _has_grad(m)
+
+
 def test_pixel_consistency_reaches_the_samplers():
     obj, model, _, hr, lr = _objective(_only("pixel"))
     obj(hr, lr, stage2=True)[0].backward()
@@ -386,7 +432,8 @@ def test_perceptual_terms_with_user_vgg_weights(tmp_path):
 def test_short_run_both_stages_and_run_dir(data, tmp_path, capsys):
     cfg = make_cfg(data, **{"train.grad_accum": 2, "checkpoint.every": 2, "checkpoint.keep": 2,
                             "log.tensorboard": "true", "log.image_every": 3, "val.every": 3,
-                            "val.hr_dir": str(data / "val_hr"), "val.lr_dir": str(data / "val_lr")})
+                            "val.hr_dir": str(data / "val_hr"), "val.lr_dir": str(data / "val_lr"),
+                            "disc.lr_channels": 12})
     run = tmp_path / "run"
     s = train(cfg, run)
     assert s["step"] == 6 and s["skipped"] == 0 and not s["interrupted"]
@@ -416,6 +463,8 @@ def test_short_run_both_stages_and_run_dir(data, tmp_path, capsys):
     # The checkpoint is loadable without unpickling code, and by sdflow.load; so is the run dir.
     ck = torch.load(ckpt_io.latest_checkpoint(run), weights_only=True)
     assert ck["step"] == 6 and ck["model_config"] == ModelConfig.preset("tiny").to_dict()
+    # disc.lr_channels widens the LR critic alone.
+    assert ck["critics"]["lr"]["net.0.weight"].shape[0] == 12 and ck["critics"]["hr"]["net.0.weight"].shape[0] == 8
     for source in (run / "model.safetensors", run, ckpt_io.latest_checkpoint(run)):
         m = sdflow.load(source)
         assert all(torch.equal(m.state_dict()[k], v) for k, v in ck["model"].items())

@@ -63,6 +63,7 @@ class Options:
     tile: Union[int, str] = "auto"     # input pixels per tile; "auto": only as memory needs; 0: never
     tile_pad: Optional[int] = None     # context around each tile (None: tiling's defaults)
     workers: int = 0                   # threads decoding the next images while one computes
+    batch_size: int = 1                # consecutive same-size, untiled images run together
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -85,6 +86,8 @@ class Options:
             raise InferenceError(f"tile_pad must be a whole number >= 0, got {self.tile_pad!r}")
         if int(self.workers) != self.workers or self.workers < 0:
             raise InferenceError(f"workers must be a whole number >= 0, got {self.workers!r}")
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise InferenceError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
         if isinstance(self.component, int):
             self.component = [self.component]
         if self.component is not None:
@@ -201,10 +204,15 @@ def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Op
 
 # ----- running ------------------------------------------------------------------------------
 
-def sample(model, x: torch.Tensor, options: Options, k: int) -> torch.Tensor:
-    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output."""
+def _generator(model, options: Options, k: int) -> torch.Generator:
     generator = torch.Generator(device=model.device)
     generator.manual_seed(int(options.seed) + k)
+    return generator
+
+
+def sample(model, x: torch.Tensor, options: Options, k: int) -> torch.Tensor:
+    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output."""
+    generator = _generator(model, options, k)
     with torch.inference_mode():
         tile = _tile_size(model, x, options)
         if tile is not None:
@@ -249,23 +257,25 @@ def read_job(job: Job):
         return f"cannot read: {e.reason}"
 
 
-def process_file(model, job: Job, options: Options, image=None) -> FileResult:
-    """Read (unless `image`, read_job's answer, is given), run every sample, write. Every problem
-    becomes the result's error; samples that succeeded before a failure are kept on disk and
-    listed in `outputs`."""
+def process_file(model, job: Job, options: Options, image=None,
+                 samples: Optional[Sequence[torch.Tensor]] = None) -> FileResult:
+    """Read (unless `image`, read_job's answer, is given), run every sample (unless `samples`
+    holds them already, one per output), write. Every problem becomes the result's error; samples
+    that succeeded before a failure are kept on disk and listed in `outputs`."""
     result = FileResult(job.source)
     if image is None:
         image = read_job(job)
     if isinstance(image, str):
         result.error = image
         return result
-    x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+    if samples is None:
+        x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
     problems = []
     alpha = None
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
         try:
-            y = sample(model, x, options, k)
+            y = samples[k] if samples is not None else sample(model, x, options, k)
         except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
             problems.append(f"{label}model failed ({type(e).__name__}: {e})")
             continue
@@ -324,6 +334,48 @@ def _prefetch(jobs: Sequence[Job], workers: int):
             gen.close()  # an interrupted run: drop what was read ahead, wait for running reads
 
 
+def _batched_samples(model, xs: List[torch.Tensor], options: Options, n: int) -> List[List[torch.Tensor]]:
+    """samples[i][k] for the same-size images xs: sample k of image i is drawn with its own
+    generator seeded seed + k, as `sample` draws it, so batching changes only float rounding."""
+    from sdflow.batching import batched_downscale, batched_super_resolve
+
+    per_k = []
+    for k in range(n):
+        gens = [_generator(model, options, k) for _ in xs]
+        if options.mode == "sr":
+            per_k.append(batched_super_resolve(model, xs, len(xs), options.tau, gens))
+        else:
+            per_k.append(batched_downscale(model, xs, len(xs), options.tau, options.component,
+                                           options.sampler, gens))
+    return [[per_k[k][i] for k in range(n)] for i in range(len(xs))]
+
+
+def _groups(model, jobs: Sequence[Job], images, options: Options):
+    """(jobs, images, tensors) groups in job order: runs of consecutive readable images of one
+    size that need no tiling, at most batch_size long; everything else alone, tensors None."""
+    group: list = []
+
+    def flush():
+        out = list(group)
+        group.clear()
+        return out
+
+    for job, image in zip(jobs, images):
+        x = None
+        if options.batch_size > 1 and not isinstance(image, str):
+            x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+            if _tile_size(model, x, options) is not None:
+                x = None
+        if group and (x is None or x.shape != group[0][2].shape or len(group) == options.batch_size):
+            yield flush()
+        if x is None:
+            yield [(job, image, None)]
+        else:
+            group.append((job, image, x))
+    if group:
+        yield flush()
+
+
 def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
         log: Optional[Callable[[str], None]] = None) -> Summary:
     """Process `jobs` with a progress bar; failures are logged as they happen (to stderr unless
@@ -335,15 +387,25 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
     summary = Summary()
     with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers) as images:
-        for job, image in zip(jobs, images):
-            bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
-            result = process_file(model, job, options, image)
-            if result.ok:
-                summary.done.append(result)
-            else:
-                summary.failed.append(result)
-                log(f"FAILED {job.source}: {result.error}")
-            bar.update()
+        for group in _groups(model, jobs, images, options):
+            samples = [None] * len(group)
+            if len(group) > 1:
+                try:
+                    samples = _batched_samples(model, [x for _, _, x in group], options,
+                                               len(group[0][0].outputs))
+                except (RuntimeError, ValueError) as e:
+                    # One at a time instead: each image then succeeds or fails on its own.
+                    log(f"batch of {len(group)} failed ({type(e).__name__}: {e}); "
+                        f"running its images one by one")
+            for (job, image, _), ys in zip(group, samples):
+                bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
+                result = process_file(model, job, options, image, ys)
+                if result.ok:
+                    summary.done.append(result)
+                else:
+                    summary.failed.append(result)
+                    log(f"FAILED {job.source}: {result.error}")
+                bar.update()
     return summary
 
 

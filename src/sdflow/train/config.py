@@ -81,6 +81,16 @@ class LossConfig:
     # (detached) is super-resolved at tau 0 and compared with the HR patch it came from, L1:
     # the SR path is trained on the learnt degradation, as supervised SR is on a simulated one.
     sr_cycle: float = 0.0
+    # [ours, off in the spec's objective] Stage 2: the DS samples' per-image high-pass energies
+    # (Immerkaer's mask, as metrics.noise_sigma) must be distributed as the real LR batch's
+    # (L1 between the sorted values). Matches sharpness and noise level, which a small LR critic
+    # left about 4x too high at tau 0 (docs/training.md).
+    ds_hf_match: float = 0.0
+    # [ours, off in the spec's objective] E's content maps c must have the high-pass energy
+    # distribution of f_HR's z_c^h (detached): sharp, not blurred like the LR they come from. A
+    # statistic the domain critic can miss: with c blurred, f_Deg learns only noise and DS never
+    # blurs (docs/training.md).
+    content_hf_match: float = 0.0
     # Switches and details.
     nll_lr_detach_content: bool = True
     content_freeze_f_lr: bool = True
@@ -104,6 +114,8 @@ class DiscriminatorConfig:
     image_channels: int = 64
     hr_layers: int = 3
     lr_layers: int = 2
+    lr_channels: Optional[int] = None   # the LR critic's width; None: image_channels. LR patches
+                                        # are 16x smaller than HR ones, so a wide LR critic is cheap
 
 
 @dataclass

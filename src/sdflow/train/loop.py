@@ -168,7 +168,7 @@ class Trainer:
             self.critics["content"] = ContentDiscriminator(3, dc.latent_channels, dc.latent_layers)
         if cfg.loss.gan > 0 and cfg.train.stage1_steps < cfg.train.steps:
             self.critics["hr"] = PatchDiscriminator(3, dc.image_channels, dc.hr_layers)
-            self.critics["lr"] = PatchDiscriminator(3, dc.image_channels, dc.lr_layers)
+            self.critics["lr"] = PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)
             for name, patch in (("hr", cfg.data.hr_patch), ("lr", cfg.data.lr_patch)):
                 if patch < self.critics[name].min_input():
                     raise ValueError(f"data.{name}_patch={patch} is too small for the {name.upper()} "

@@ -60,6 +60,29 @@ def low_pass_l1(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.l1_loss(gaussian_blur(a, sigma), gaussian_blur(b, sigma))
 
 
+_SECOND_DIFF = torch.tensor([1.0, -2.0, 1.0])
+
+
+def high_pass_energy(x: torch.Tensor) -> torch.Tensor:
+    """Mean |response| to Immerkaer's mask (the outer product of two second differences, as in
+    `metrics.noise_sigma`) per image and channel, shape (B, C): blind to flat areas and linear
+    ramps, so it measures noise plus sharpness."""
+    k = torch.outer(_SECOND_DIFF, _SECOND_DIFF).to(x)
+    ch = x.shape[1]
+    return F.conv2d(x, k.expand(ch, 1, 3, 3), groups=ch).abs().mean(dim=(2, 3))
+
+
+def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """L1 between the sorted per-image high-pass energies of two equal-size batches, per channel:
+    the 1-D optimal transport between their distributions. Sorting, not means, because real
+    degradations are mostly smooth (JPEG) with a few very noisy images; a mean match would make
+    every generated image a little noisy."""
+    a, b = high_pass_energy(fake), high_pass_energy(real)
+    if a.shape != b.shape:
+        raise ValueError(f"hf_distribution_l1 needs batches of one size, got {a.shape[0]} and {b.shape[0]}")
+    return (a.sort(dim=0).values - b.sort(dim=0).values).abs().mean()
+
+
 class _Inverse(nn.Module):
     """Exposes a flow's inverse as `forward`, so `functional_call` can run it with
     substituted parameters."""
@@ -119,13 +142,14 @@ class GeneratorObjective(nn.Module):
         c = self.cfg
         has_vgg = self.vgg is not None
         w = {"nll_hr": c.nll_hr, "nll_lr": c.nll_lr, "content": c.content, "hr_mode": c.hr_mode,
-             "lr_mode": c.lr_mode,
+             "lr_mode": c.lr_mode, "content_hf_match": c.content_hf_match,
              "content_perceptual": c.content_perceptual if (has_vgg and c.content > 0) else 0.0,
              "domain": c.domain if "content" in self.critics else 0.0}
         if stage2:
             w.update({"gan": c.gan if {"hr", "lr"} <= set(self.critics) else 0.0,
                       "pixel": c.pixel, "perceptual": c.perceptual if has_vgg else 0.0,
-                      "content_cycle": c.content_cycle, "sr_cycle": c.sr_cycle})
+                      "content_cycle": c.content_cycle, "sr_cycle": c.sr_cycle,
+                      "ds_hf_match": c.ds_hf_match})
         return w
 
     def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +200,10 @@ class GeneratorObjective(nn.Module):
             if w["content_perceptual"] > 0:
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, hr_small)
                                                + perceptual_distance(self.vgg, lr_from_c, lr))
+        if w["content_hf_match"] > 0:
+            # E must deblur and denoise: its content maps as sharp (and as clean) as f_HR's, whose
+            # side is held fixed (content_hr pins it to the bicubic picture).
+            terms["content_hf_match"] = hf_distribution_l1(c, z_c_h.detach())
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
             terms["domain"] = 0.5 * (lsgan(self._critic("content", c), 1.0)
@@ -199,6 +227,10 @@ class GeneratorObjective(nn.Module):
             if w["perceptual"] > 0:
                 terms["perceptual"] = (perceptual_distance(self.vgg, y_sr_small, lr)
                                        + perceptual_distance(self.vgg, x_ds, hr_small))
+            if w["ds_hf_match"] > 0:
+                # A batch statistic, not a pixel target: the sets are unpaired, but DS samples
+                # should be as sharp and as noisy, on average, as the real LR images are.
+                terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr)
             c_ds = None
             if w["content_cycle"] > 0:
                 x_in = x_ds_j.detach() if cfg.cycle_detach_ds else x_ds_j
@@ -238,4 +270,4 @@ class CriticObjective(nn.Module):
 
 
 __all__ = ["GeneratorObjective", "CriticObjective", "bits_per_dim_nll", "dequantize", "quantize_st",
-           "lsgan", "call_frozen", "low_pass_l1", "EIGHT_BIT_STEP"]
+           "lsgan", "call_frozen", "low_pass_l1", "high_pass_energy", "hf_distribution_l1", "EIGHT_BIT_STEP"]
