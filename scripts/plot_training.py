@@ -14,8 +14,6 @@ from sdflow.report import svg_plot
 
 STEP = re.compile(r"\bstep (\d+)/\d+ stage \d \| (.*?) \|")
 VAL = re.compile(r"validation at step (\d+): (.*)$")
-
-
 PAIR = re.compile(r"(\w+)=([-\d.eE+naif]+)")
 
 

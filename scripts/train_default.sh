@@ -56,16 +56,21 @@ cp "$PHOTOS"/samples/*.png "$PHOTOS"/skimage/*.png "$WORK/test_photos/"
 "$PYTHON" -m sdflow degrade -i "$WORK/test_photos" -o "$WORK/test" --preset "$PRESET" --seed 1
 # Nine pairs give a noisy figure (each photo draws one random degradation), so the model card's
 # main table uses four draws of each photo: seeds 1-4, 36 pairs, named <photo>_s<seed>.png.
+# Seed 1 is WORK/test itself.
 rm -rf "$WORK/test_draws"
 for seed in 1 2 3 4; do
-    "$PYTHON" -m sdflow degrade -i "$WORK/test_photos" -o "$WORK/test_draws/s$seed" --preset "$PRESET" --seed "$seed"
+    draw=$WORK/test
+    if [ "$seed" != 1 ]; then
+        draw=$WORK/test_draws/s$seed
+        "$PYTHON" -m sdflow degrade -i "$WORK/test_photos" -o "$draw" --preset "$PRESET" --seed "$seed"
+    fi
     for side in HR LR; do
         mkdir -p "$WORK/test_draws/$side"
-        for f in "$WORK/test_draws/s$seed/$side"/*.png; do
+        for f in "$draw/$side"/*.png; do
             cp "$f" "$WORK/test_draws/$side/$(basename "$f" .png)_s$seed.png"
         done
     done
-    rm -rf "$WORK/test_draws/s$seed"
+    [ "$seed" = 1 ] || rm -rf "$draw"
 done
 
 [ "${DATA_ONLY:-0}" = 1 ] && exit 0

@@ -11,7 +11,8 @@ from PIL import Image as PILImage
 
 from sdflow.cli import main
 from sdflow.commands import infer as infer_cmd
-from sdflow.imageio import decode_png, downscale_alpha, encode_png, quantize, read_image, upscale_alpha
+from sdflow.imageio import (decode_png, downscale_alpha, encode_png, quantize, read_image, to_tensor,
+                            upscale_alpha)
 from sdflow.fast import FastSDFlow
 from sdflow.model import SDFlow
 
@@ -343,7 +344,7 @@ def test_fp32_runs_the_fast_path_with_the_plain_models_results(tmp_path, tiny_mo
     assert len(calls) == n, "fp64 must run the plain model"
 
     # The plain float32 model, called as the command calls it (seed 5 for sample 0).
-    x = torch.from_numpy(read_image(tmp_path / "in" / "a.png").rgb).permute(2, 0, 1)[None] * 2 - 1
+    x = to_tensor(read_image(tmp_path / "in" / "a.png").rgb)
     model = sd.load(tiny_model_path)
     with torch.no_grad():
         g = torch.Generator().manual_seed(5)

@@ -257,18 +257,19 @@ def read_job(job: Job):
         return f"cannot read: {e.reason}"
 
 
-def process_file(model, job: Job, options: Options, image=None,
+def process_file(model, job: Job, options: Options, image=None, x: Optional[torch.Tensor] = None,
                  samples: Optional[Sequence[torch.Tensor]] = None) -> FileResult:
     """Read (unless `image`, read_job's answer, is given), run every sample (unless `samples`
-    holds them already, one per output), write. Every problem becomes the result's error; samples
-    that succeeded before a failure are kept on disk and listed in `outputs`."""
+    holds them already, one per output) on the image's tensor (`x` when already made), write.
+    Every problem becomes the result's error; samples that succeeded before a failure are kept on
+    disk and listed in `outputs`."""
     result = FileResult(job.source)
     if image is None:
         image = read_job(job)
     if isinstance(image, str):
         result.error = image
         return result
-    if samples is None:
+    if samples is None and x is None:
         x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
     problems = []
     alpha = None
@@ -351,29 +352,24 @@ def _batched_samples(model, xs: List[torch.Tensor], options: Options, n: int) ->
 
 
 def _groups(model, jobs: Sequence[Job], images, options: Options):
-    """(jobs, images, tensors) groups in job order: runs of consecutive readable images of one
-    size that need no tiling, at most batch_size long; everything else alone, tensors None."""
+    """Lists of (job, image, tensor) in job order: runs of consecutive readable images of one
+    size that need no tiling, at most batch_size long; every other image alone. The tensor is
+    None where none was made (batch_size 1, unreadable images)."""
     group: list = []
-
-    def flush():
-        out = list(group)
-        group.clear()
-        return out
-
     for job, image in zip(jobs, images):
         x = None
         if options.batch_size > 1 and not isinstance(image, str):
             x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
-            if _tile_size(model, x, options) is not None:
-                x = None
-        if group and (x is None or x.shape != group[0][2].shape or len(group) == options.batch_size):
-            yield flush()
-        if x is None:
-            yield [(job, image, None)]
-        else:
+        batchable = x is not None and _tile_size(model, x, options) is None
+        if group and (not batchable or x.shape != group[0][2].shape or len(group) == options.batch_size):
+            yield group
+            group = []
+        if batchable:
             group.append((job, image, x))
+        else:
+            yield [(job, image, x)]
     if group:
-        yield flush()
+        yield group
 
 
 def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
@@ -397,9 +393,9 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
                     # One at a time instead: each image then succeeds or fails on its own.
                     log(f"batch of {len(group)} failed ({type(e).__name__}: {e}); "
                         f"running its images one by one")
-            for (job, image, _), ys in zip(group, samples):
+            for (job, image, x), ys in zip(group, samples):
                 bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
-                result = process_file(model, job, options, image, ys)
+                result = process_file(model, job, options, image, x, ys)
                 if result.ok:
                     summary.done.append(result)
                 else:

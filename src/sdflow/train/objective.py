@@ -228,8 +228,8 @@ class GeneratorObjective(nn.Module):
                 terms["perceptual"] = (perceptual_distance(self.vgg, y_sr_small, lr)
                                        + perceptual_distance(self.vgg, x_ds, hr_small))
             if w["ds_hf_match"] > 0:
-                # A batch statistic, not a pixel target: the sets are unpaired, but DS samples
-                # should be as sharp and as noisy, on average, as the real LR images are.
+                # A batch statistic, not a pixel target: the sets are unpaired, but the DS samples'
+                # sharpness and noise should be distributed as the real LR images' are.
                 terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr)
             c_ds = None
             if w["content_cycle"] > 0:
