@@ -15,6 +15,7 @@ import sdflow
 from sdflow.config import ModelConfig
 from sdflow.data.datasets import UnpairedPatches, UnpairedStream, make_loader, paired_images
 from sdflow.model import SDFlow
+from sdflow.resize import gaussian_blur
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig, apply_overrides
@@ -105,6 +106,11 @@ def test_overrides_parse_types_and_reject_unknown_keys(data):
         cfg.with_overrides(["data.batch_size=6", "train.grad_accum=4"]).micro_batch(1)
     with pytest.raises(ValueError, match="unknown model keys"):
         cfg.with_overrides(["model.depth=3"]).model_config()
+    patch = cfg.data.lr_patch  # ds_hf_levels must leave the last pooled copy 3 pixels or more
+    top = max(k for k in range(1, 8) if patch >= 3 * 2 ** (k - 1))
+    cfg.with_overrides(["loss.ds_hf_match=1", f"loss.ds_hf_levels={top}"])
+    with pytest.raises(ValueError, match="ds_hf_levels"):
+        cfg.with_overrides(["loss.ds_hf_match=1", f"loss.ds_hf_levels={top + 1}"])
     # YAML reads 1e-4 as a string; the loader must still produce a float.
     assert TrainConfig.from_dict({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
 
@@ -243,6 +249,26 @@ def test_content_loss_never_trains_f_lr():
     assert _has_grad(model2.f_lr)
 
 
+def test_content_target_sigma_blurs_the_targets_only():
+    from sdflow.resize import downscale
+    obj, model, _, hr, lr = _objective(_only("content", "loss.content_target_sigma=0.8",
+                                             "loss.content_lr_lpf_sigma=0"))
+    _, terms, _ = obj(hr, lr)
+    with torch.no_grad():
+        lr_from_c = model.f_lr.inverse(model.content(lr))[0]
+        expect_lr = (lr_from_c - gaussian_blur(lr, 0.8)).abs().mean()
+        unblurred = (lr_from_c - lr).abs().mean()
+    # Full band on the decoded content, blurred target: neither the old target nor a blur of both.
+    assert float(terms["content_lr"]) == pytest.approx(float(expect_lr), rel=1e-5)
+    assert abs(float(expect_lr) - float(unblurred)) > 1e-3
+    obj.dequantize_inputs = False
+    _, terms, _ = obj(hr, lr)
+    with torch.no_grad():
+        lr_from_hr = model.f_lr.inverse(model.encode_hr(hr)[0])[0]
+        expect_hr = (lr_from_hr - gaussian_blur(downscale(hr, 4), 0.8)).abs().mean()
+    assert float(terms["content_hr"]) == pytest.approx(float(expect_hr), rel=1e-5)
+
+
 def test_hr_mode_term_is_the_tau0_reconstruction_error_and_trains_both_hr_flows():
     obj, model, _, hr, lr = _objective(_only("hr_mode"))
     obj.dequantize_inputs = False
@@ -374,6 +400,23 @@ def test_hf_distribution_l1_compares_sorted_per_image_energies():
     assert float(hf_distribution_l1(half, real)) > 0.05
     with pytest.raises(ValueError, match="one size"):
         hf_distribution_l1(noise, real)
+
+
+def test_hf_distribution_levels_tell_blur_from_noise():
+    g = torch.Generator().manual_seed(1)
+    edges = (torch.rand(4, 3, 6, 6, generator=g) > 0.5).float().repeat_interleave(8, -1).repeat_interleave(8, -2)
+    sharp = edges * 2 - 1
+    # Blurred edges plus just enough white noise to restore the full-resolution energy.
+    blurred = gaussian_blur(sharp, 1.5)
+    deficit = high_pass_energy(sharp).mean() - high_pass_energy(blurred).mean()
+    noisy = blurred + torch.randn(sharp.shape, generator=g) * float(deficit) / (6 * math.sqrt(2 / math.pi))
+    one = float(hf_distribution_l1(noisy, sharp))
+    three = float(hf_distribution_l1(noisy, sharp, levels=3))
+    assert one < 0.15 * float(high_pass_energy(sharp).mean())    # one scale: nearly indistinguishable
+    assert three > 10 * one                                       # the coarser scales see the blur
+    assert float(hf_distribution_l1(sharp, sharp, levels=3)) == 0.0
+    with pytest.raises(ValueError, match="at least 12 pixels"):
+        hf_distribution_l1(sharp[..., :8, :8], sharp[..., :8, :8], levels=3)
 
 
 def test_ds_hf_match_trains_the_ds_path_only():

@@ -86,6 +86,7 @@ class LossConfig:
     # (L1 between the sorted values). Matches sharpness and noise level, which a small LR critic
     # left about 4x too high at tau 0 (docs/training.md).
     ds_hf_match: float = 0.0
+    ds_hf_levels: int = 1             # scales compared (1 = full resolution only; see hf_distribution_l1)
     # [ours, off in the spec's objective] E's content maps c must have the high-pass energy
     # distribution of f_HR's z_c^h (detached): sharp, not blurred like the LR they come from. A
     # statistic the domain critic can miss: with c blurred, f_Deg learns only noise and DS never
@@ -100,6 +101,11 @@ class LossConfig:
     # band (0): a low-pass there leaves z_c's high frequencies free for NLL_HR to inflate,
     # which showed as noisy DS (docs/training.md, ablation). None = lpf_sigma.
     content_hr_lpf_sigma: Optional[float] = 0.0
+    content_lr_lpf_sigma: Optional[float] = None   # the LR half's low-pass; None = lpf_sigma
+    # [ours] Gaussian blur (LR pixels) of both content targets, the bicubic image and the real LR,
+    # but not of the decoded contents: with the low-passes at 0 both contents must picture blurred
+    # images, so z_c^h and c are equally smooth (docs/training.md).
+    content_target_sigma: float = 0.0
     stage2_tau: float = 0.8
     ds_sampler: str = "image"         # image | element
     quantize_fakes: bool = True
@@ -234,6 +240,9 @@ class TrainConfig:
             raise ValueError("train.stage1_steps must be >= 0")
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
+        if self.loss.ds_hf_levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < 3 * 2 ** (self.loss.ds_hf_levels - 1)):
+            raise ValueError(f"loss.ds_hf_levels ({self.loss.ds_hf_levels}) must be >= 1 and fit data.lr_patch "
+                             f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
         if len(self.optim.betas) != 2:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",

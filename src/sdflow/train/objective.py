@@ -72,15 +72,28 @@ def high_pass_energy(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, k.expand(ch, 1, 3, 3), groups=ch).abs().mean(dim=(2, 3))
 
 
-def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1) -> torch.Tensor:
     """L1 between the sorted per-image high-pass energies of two equal-size batches, per channel:
     the 1-D optimal transport between their distributions. Sorting, not means, because real
     degradations are mostly smooth (JPEG) with a few very noisy images; a mean match would make
-    every generated image a little noisy."""
-    a, b = high_pass_energy(fake), high_pass_energy(real)
-    if a.shape != b.shape:
-        raise ValueError(f"hf_distribution_l1 needs batches of one size, got {a.shape[0]} and {b.shape[0]}")
-    return (a.sort(dim=0).values - b.sort(dim=0).values).abs().mean()
+    every generated image a little noisy.
+
+    `levels` > 1 adds the same comparison on 2x, 4x... average-pooled copies (mean over levels):
+    at one scale a sharp clean image and a blurred noisy one can have equal energy; pooling
+    divides white noise's energy by 2 per level but keeps edges, so the profile over scales
+    separates blur from noise."""
+    if fake.shape[0] != real.shape[0]:
+        raise ValueError(f"hf_distribution_l1 needs batches of one size, got {fake.shape[0]} and {real.shape[0]}")
+    total = fake.new_zeros(())
+    for level in range(levels):
+        if level:
+            fake, real = F.avg_pool2d(fake, 2), F.avg_pool2d(real, 2)
+            if min(fake.shape[-2:]) < 3:
+                raise ValueError(f"hf_distribution_l1: {levels} levels need images of at least "
+                                 f"{3 * 2 ** (levels - 1)} pixels a side")
+        a, b = high_pass_energy(fake), high_pass_energy(real)
+        total = total + (a.sort(dim=0).values - b.sort(dim=0).values).abs().mean()
+    return total / levels
 
 
 class _Inverse(nn.Module):
@@ -193,9 +206,17 @@ class GeneratorObjective(nn.Module):
                 else (lambda z: m.f_lr.inverse(z)[0])
             lr_from_hr, lr_from_c = inv(z_c_h), inv(c)
             sigma_hr = sigma if cfg.content_hr_lpf_sigma is None else cfg.content_hr_lpf_sigma
+            sigma_lr = sigma if cfg.content_lr_lpf_sigma is None else cfg.content_lr_lpf_sigma
+            target_hr, target_lr = hr_small, lr
+            if cfg.content_target_sigma > 0:
+                # Contents that picture blurred images on both sides: f_Deg, trained on the real LR,
+                # then learns to add the LR's own detail to a blurred picture, and DS from z_c^h
+                # inherits the LR's sharpness instead of the bicubic image's.
+                target_hr = gaussian_blur(hr_small, cfg.content_target_sigma)
+                target_lr = gaussian_blur(lr, cfg.content_target_sigma)
             # Both halves are logged apart: which side fails to pin its content tells a lot.
-            terms["content_hr"] = low_pass_l1(lr_from_hr, hr_small, sigma_hr)
-            terms["content_lr"] = low_pass_l1(lr_from_c, lr, sigma)
+            terms["content_hr"] = low_pass_l1(lr_from_hr, target_hr, sigma_hr)
+            terms["content_lr"] = low_pass_l1(lr_from_c, target_lr, sigma_lr)
             terms["content"] = terms["content_hr"] + terms["content_lr"]
             if w["content_perceptual"] > 0:
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, hr_small)
@@ -230,7 +251,7 @@ class GeneratorObjective(nn.Module):
             if w["ds_hf_match"] > 0:
                 # A batch statistic, not a pixel target: the sets are unpaired, but the DS samples'
                 # sharpness and noise should be distributed as the real LR images' are.
-                terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr)
+                terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr, cfg.ds_hf_levels)
             c_ds = None
             if w["content_cycle"] > 0:
                 x_in = x_ds_j.detach() if cfg.cycle_detach_ds else x_ds_j
