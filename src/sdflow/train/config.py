@@ -88,9 +88,9 @@ class LossConfig:
     ds_hf_match: float = 0.0
     ds_hf_levels: int = 1             # scales compared (1 = full resolution only; see hf_distribution_l1)
     # [ours, off in the spec's objective] E's content maps c must have the high-pass energy
-    # distribution of f_HR's z_c^h (detached): sharp, not blurred like the LR they come from. A
-    # statistic the domain critic can miss: with c blurred, f_Deg learns only noise and DS never
-    # blurs (docs/training.md).
+    # distribution of f_HR's z_c^h (detached): sharp, not blurred like the LR they come from, a
+    # statistic the domain critic can miss. It narrows that latent gap but did not make DS blur
+    # (docs/training.md, "What did not fix it"; content_target_sigma did).
     content_hf_match: float = 0.0
     # Switches and details.
     nll_lr_detach_content: bool = True
@@ -103,8 +103,8 @@ class LossConfig:
     content_hr_lpf_sigma: Optional[float] = 0.0
     content_lr_lpf_sigma: Optional[float] = None   # the LR half's low-pass; None = lpf_sigma
     # [ours] Gaussian blur (LR pixels) of both content targets, the bicubic image and the real LR,
-    # but not of the decoded contents: with the low-passes at 0 both contents must picture blurred
-    # images, so z_c^h and c are equally smooth (docs/training.md).
+    # but not of the decoded contents. Tau-0 DS shows the content picture f_LR^-1(z_c^h); pinned to
+    # a sharp bicubic image it cannot reproduce a blurred LR (docs/training.md, "What fixed DS").
     content_target_sigma: float = 0.0
     stage2_tau: float = 0.8
     ds_sampler: str = "image"         # image | element
@@ -240,8 +240,9 @@ class TrainConfig:
             raise ValueError("train.stage1_steps must be >= 0")
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
-        if self.loss.ds_hf_levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < 3 * 2 ** (self.loss.ds_hf_levels - 1)):
-            raise ValueError(f"loss.ds_hf_levels ({self.loss.ds_hf_levels}) must be >= 1 and fit data.lr_patch "
+        levels = self.loss.ds_hf_levels
+        if levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < 3 * 2 ** (levels - 1)):
+            raise ValueError(f"loss.ds_hf_levels ({levels}) must be >= 1 and fit data.lr_patch "
                              f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
         if len(self.optim.betas) != 2:
             raise ValueError("optim.betas must be two numbers")

@@ -209,9 +209,9 @@ class GeneratorObjective(nn.Module):
             sigma_lr = sigma if cfg.content_lr_lpf_sigma is None else cfg.content_lr_lpf_sigma
             target_hr, target_lr = hr_small, lr
             if cfg.content_target_sigma > 0:
-                # Contents that picture blurred images on both sides: f_Deg, trained on the real LR,
-                # then learns to add the LR's own detail to a blurred picture, and DS from z_c^h
-                # inherits the LR's sharpness instead of the bicubic image's.
+                # At tau 0, DS is almost exactly the content picture f_LR^-1(z_c^h): pinned full
+                # band to the bicubic image, it can be no blurrier than bicubic, however blurred the
+                # real LR is. Blurred targets let DS take on the LR's blur.
                 target_hr = gaussian_blur(hr_small, cfg.content_target_sigma)
                 target_lr = gaussian_blur(lr, cfg.content_target_sigma)
             # Both halves are logged apart: which side fails to pin its content tells a lot.
@@ -219,8 +219,8 @@ class GeneratorObjective(nn.Module):
             terms["content_lr"] = low_pass_l1(lr_from_c, target_lr, sigma_lr)
             terms["content"] = terms["content_hr"] + terms["content_lr"]
             if w["content_perceptual"] > 0:
-                terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, hr_small)
-                                               + perceptual_distance(self.vgg, lr_from_c, lr))
+                terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_hr)
+                                               + perceptual_distance(self.vgg, lr_from_c, target_lr))
         if w["content_hf_match"] > 0:
             # E must deblur and denoise: its content maps as sharp (and as clean) as f_HR's, whose
             # side is held fixed (content_hr pins it to the bicubic picture).
