@@ -207,13 +207,11 @@ class GeneratorObjective(nn.Module):
             lr_from_hr, lr_from_c = inv(z_c_h), inv(c)
             sigma_hr = sigma if cfg.content_hr_lpf_sigma is None else cfg.content_hr_lpf_sigma
             sigma_lr = sigma if cfg.content_lr_lpf_sigma is None else cfg.content_lr_lpf_sigma
-            target_hr, target_lr = hr_small, lr
-            if cfg.content_target_sigma > 0:
-                # At tau 0, DS is almost exactly the content picture f_LR^-1(z_c^h): pinned full
-                # band to the bicubic image, it can be no blurrier than bicubic, however blurred the
-                # real LR is. Blurred targets let DS take on the LR's blur.
-                target_hr = gaussian_blur(hr_small, cfg.content_target_sigma)
-                target_lr = gaussian_blur(lr, cfg.content_target_sigma)
+            # At tau 0, DS is almost exactly the content picture f_LR^-1(z_c^h): pinned full band to
+            # the bicubic image, it can be no blurrier than bicubic, however blurred the real LR is.
+            # Blurred targets let DS take on the LR's blur (sigma 0 leaves them as they are).
+            target_hr = gaussian_blur(hr_small, cfg.content_target_sigma)
+            target_lr = gaussian_blur(lr, cfg.content_target_sigma)
             # Both halves are logged apart: which side fails to pin its content tells a lot.
             terms["content_hr"] = low_pass_l1(lr_from_hr, target_hr, sigma_hr)
             terms["content_lr"] = low_pass_l1(lr_from_c, target_lr, sigma_lr)
