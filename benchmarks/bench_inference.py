@@ -19,6 +19,12 @@ speed:   paths measured side by side in one process, interleaved round by round,
          warm-up call each; the median over rounds. Seconds per call and per output megapixel.
 memory:  each (path, task, size) in a fresh process: peak resident set (ru_maxrss) and its rise
          over the resident set just before the call; CUDA: torch.cuda.max_memory_allocated.
+floor:   the convolution FLOPs of one fast fp32 call (torch.utils.flop_counter), this machine's
+         best float32 rate on the model's 3x3 convolution shapes, and the speed-up over the
+         authors' path that an exact float32 implementation could reach at most (authors' time /
+         (FLOPs / rate)), next to the one reached.
+samples: N samples of one image (--samples, default 4): the authors' path N times, the fast path
+         N times, and the fast path with the image's condition made once (what --samples N does).
 quality: PSNR of the reduced-precision outputs against fast-fp32 (images mapped to [0, 1], not
          clamped), SR and DS of the sample photos at tau 0 and at tau 0.8 with shared noise.
 batch:   `sdflow sr/ds --batch-size B` on a folder of many small images (the job behind the command,
@@ -292,18 +298,23 @@ def fourk(sr_budget=2 * GIB):
         verdict = "meets" if r["peak"] <= sr_budget else "MISSES"
         print(f"library path (fast fp32, auto tile {r['tile']}, pad 16): peak {r['peak'] / GIB:.2f} GiB, "
               f"{r['seconds']:.0f} s, output {r['shape'][1]}x{r['shape'][0]}: {verdict} the target")
-        # The installed command, as it is wired now.
-        cmd = [sys.executable, "-m", "sdflow", "sr", "-i", str(d / "in.png"), "-o", str(d / "cli"),
-               "--model", str(d / "model.safetensors"), "--quiet"]
+        # The command as it is wired now, in a fresh process that reports its own peak; with
+        # --samples 2 the tiles' conditions are kept for the second sample.
         env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-        # RUSAGE_CHILDREN is the largest of all waited-for children: run this last.
-        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
-        verdict = "meets" if peak <= sr_budget else "MISSES"
-        print(f"`sdflow sr` as installed ({' '.join(cmd[3:5])} ...): peak {peak / GIB:.2f} GiB "
-              f"(largest child so far), {time.perf_counter() - t0:.0f} s, {status}: {verdict} the target")
+        report = ("import resource, sys; from sdflow.cli import main; rc = main(sys.argv[1:]); "
+                  "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
+        for extra in ([], ["--samples", "2"]):
+            cmd = [sys.executable, "-c", report, "sr", "-i", str(d / "in.png"), "-o", str(d / f"cli{len(extra)}"),
+                   "--model", str(d / "model.safetensors"), "--quiet", *extra]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            seconds = time.perf_counter() - t0
+            peaks = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("PEAK ")]
+            status = "ok" if proc.returncode == 0 and peaks else f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+            peak = peaks[0] if peaks else float("nan")
+            verdict = "meets" if peak <= sr_budget else "MISSES"
+            print(f"`sdflow sr` {' '.join(extra) or '(defaults)'}: peak {peak / GIB:.2f} GiB, {seconds:.0f} s, "
+                  f"{status}: {verdict} the target")
 
 
 def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
@@ -345,10 +356,116 @@ def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
                 print(f"{name:16s} {task:4s}  {side}x{side:<5d} " + "  ".join(f"{v:6.1f}" for v in rates))
 
 
+
+# ----- several samples of one image ---------------------------------------------------------
+
+def samples(device, repeats, sr_side, ds_side, n=4):
+    """N samples of one image: the authors' code runs everything N times; sdflow makes the
+    image's condition once (`sr_condition` / `ds_condition`, as `--samples N` does)."""
+    import torch
+
+    from authors_path import AuthorsPath
+    from sdflow.fast import FastSDFlow
+
+    model, source = bench_model(device)
+    authors, fast = AuthorsPath(model), FastSDFlow(model, "fp32")
+    print(f"\n## {n} samples of one image ({device}, {torch.get_num_threads()} threads; {source})")
+    print(f"{'task':<4} {'input':>9} {'path':<22} {'s / image':>9} {'s / sample':>10} {'speed-up':>9}")
+    for task, side in (("sr", sr_side), ("ds", ds_side)):
+        x = _image(task, side, device)
+        gens = lambda: [torch.Generator(device).manual_seed(k) for k in range(n)]  # noqa: E731
+        if task == "sr":
+            def shared():
+                c = fast.sr_condition(x)
+                return [fast.super_resolve(x, 0.8, g, condition=c) for g in gens()]
+            runs = {"authors (N calls)": lambda: [authors.super_resolve(x, 0.8) for _ in range(n)],
+                    "fast-fp32 (N calls)": lambda: [fast.super_resolve(x, 0.8, g) for g in gens()],
+                    "fast-fp32 (shared)": shared}
+        else:
+            def shared():
+                c = fast.ds_condition(x)
+                return [fast.downscale(x, 0.8, generator=g, condition=c) for g in gens()]
+            runs = {"authors (N calls)": lambda: [authors.downscale(x, 0.8) for _ in range(n)],
+                    "fast-fp32 (N calls)": lambda: [fast.downscale(x, 0.8, generator=g) for g in gens()],
+                    "fast-fp32 (shared)": shared}
+        a, b = runs["fast-fp32 (N calls)"](), runs["fast-fp32 (shared)"]()
+        assert all(torch.equal(u, v) for u, v in zip(a, b)), "sharing the condition changed a sample"
+        times = {k: [] for k in runs}
+        for _ in range(repeats):
+            for k, f in runs.items():
+                _sync(device)
+                t = time.perf_counter()
+                f()
+                _sync(device)
+                times[k].append(time.perf_counter() - t)
+        base = statistics.median(times["authors (N calls)"])
+        for k in runs:
+            med = statistics.median(times[k])
+            print(f"{task:<4} {f'{side}x{side}':>9} {k:<22} {med:9.2f} {med / n:10.3f} {base / med:8.2f}x")
+
+
+# ----- how fast float32 can be at all -------------------------------------------------------
+
+def floor(device, repeats, sr_side, ds_side):
+    """The convolutions' FLOPs of one fast fp32 call, this machine's best float32 convolution
+    rate on the model's own layer shapes, and what they allow: no exact float32 implementation
+    that runs these convolutions is faster than FLOPs / rate."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from authors_path import AuthorsPath
+    from sdflow.fast import FastSDFlow
+
+    model, source = bench_model(device)
+    authors, fast = AuthorsPath(model), FastSDFlow(model, "fp32")
+    fmt = torch.channels_last
+    best = 0.0
+    with torch.inference_mode():
+        # The shapes that carry most of the FLOPs: RRDB dense-block and 64-channel 3x3 convolutions.
+        for cin, cout in ((64, 64), (192, 64), (128, 32), (64, 32)):
+            x = torch.randn(1, cin, sr_side, sr_side, device=device).contiguous(memory_format=fmt)
+            w = torch.randn(cout, cin, 3, 3, device=device).contiguous(memory_format=fmt)
+            flops = 2 * cin * cout * 9 * sr_side * sr_side
+            ts = []
+            for _ in range(max(repeats, 3) + 2):
+                _sync(device)
+                t = time.perf_counter()
+                F.conv2d(x, w, padding=1)
+                _sync(device)
+                ts.append(time.perf_counter() - t)
+            best = max(best, flops / min(ts[2:]) / 1e9)
+    print(f"\n## float32 floor ({device}, {torch.get_num_threads()} threads; {source})")
+    print(f"best float32 3x3 convolution rate on the model's shapes: {best:.0f} GFLOP/s")
+    print(f"{'task':<4} {'input':>9} {'conv GFLOP':>10} {'floor s':>8} {'authors s':>9} {'fast s':>7} "
+          f"{'max speed-up':>12} {'reached':>8}")
+    for task, side in (("sr", sr_side), ("ds", ds_side)):
+        x = _image(task, side, device)
+        fast_run = (lambda: fast.super_resolve(x, 0.8)) if task == "sr" else (lambda: fast.downscale(x, 0.8))
+        auth_run = (lambda: authors.super_resolve(x, 0.8)) if task == "sr" else (lambda: authors.downscale(x, 0.8))
+        counter = FlopCounterMode(display=False)
+        with counter:
+            fast_run()
+        conv = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op)) / 1e9
+        t_auth, t_fast = [], []
+        for _ in range(repeats):
+            for f, ts in ((auth_run, t_auth), (fast_run, t_fast)):
+                _sync(device)
+                t = time.perf_counter()
+                f()
+                _sync(device)
+                ts.append(time.perf_counter() - t)
+        lower = conv / best
+        a, f = statistics.median(t_auth), statistics.median(t_fast)
+        print(f"{task:<4} {f'{side}x{side}':>9} {conv:10.1f} {lower:8.2f} {a:9.2f} {f:7.2f} {a / lower:11.2f}x "
+              f"{a / f:7.2f}x")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--parts", nargs="+", default=["speed", "memory", "quality", "batch", "4k"],
-                    choices=["speed", "memory", "quality", "batch", "4k"])
+    ap.add_argument("--parts", nargs="+", default=["speed", "floor", "samples", "memory", "quality", "batch", "4k"],
+                    choices=["speed", "floor", "samples", "memory", "quality", "batch", "4k"])
+    ap.add_argument("--samples", type=int, default=4, help="samples per image for --parts samples")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sr-sizes", type=int, nargs="+", default=SR_SIZES, help="LR sides for SR")
     ap.add_argument("--ds-sizes", type=int, nargs="+", default=DS_SIZES, help="HR sides for DS")
@@ -373,6 +490,10 @@ def main(argv=None):
     for device in devices:
         if "speed" in args.parts:
             speed(device, args.repeats, args.sr_sizes, args.ds_sizes, args.fp16_all_sizes)
+        if "floor" in args.parts:
+            floor(device, args.repeats, args.sr_sizes[-1], args.ds_sizes[-1])
+        if "samples" in args.parts:
+            samples(device, args.repeats, args.sr_sizes[-1], args.ds_sizes[-1], args.samples)
         if "memory" in args.parts:
             memory(device, args.sr_sizes, args.ds_sizes)
         if "quality" in args.parts:

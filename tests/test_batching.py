@@ -45,3 +45,26 @@ def test_batched_checks_its_inputs(models):
         batched_super_resolve(models["model"], [torch.zeros(3, 4, 4), torch.zeros(2, 3, 4, 4)])
     with pytest.raises(ValueError, match="generators"):
         batched_super_resolve(models["model"], [torch.zeros(3, 4, 4)], generators=[])
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_batches_keep_their_conditions_for_the_next_sample(models, mode, monkeypatch):
+    fast = models["fast"]
+    made = []
+    maker = f"{mode}_condition"
+    real = getattr(FastSDFlow, maker)
+    monkeypatch.setattr(FastSDFlow, maker, lambda self, x: made.append(x.shape[0]) or real(self, x))
+    side = 6 if mode == "sr" else 24
+    xs = [torch.rand(1, 3, side, side + (i % 2) * 4) * 2 - 1 for i in range(5)]
+    if mode == "sr":
+        run = lambda k, c: batched_super_resolve(fast, xs, 2, 0.8, [seeded(10 * k + i) for i in range(5)], c)  # noqa: E731
+    else:
+        run = lambda k, c: batched_downscale(fast, xs, 2, 0.8, None, "image",  # noqa: E731
+                                             [seeded(10 * k + i) for i in range(5)], c)
+    conditions = {}
+    first, second = run(0, conditions), run(1, conditions)
+    assert sorted(made) == [1, 2, 2]  # batches (0, 2), (4,), (1, 3): one condition each, not two
+    made.clear()
+    assert all(torch.equal(a, b) for a, b in zip(first, run(0, None)))
+    assert all(torch.equal(a, b) for a, b in zip(second, run(1, None)))
+    assert len(made) == 6 and not torch.equal(first[0], second[0])  # without: made for every call

@@ -138,8 +138,8 @@ def test_bad_files_are_named_and_the_rest_is_done(tmp_path, tiny_model_path, cap
 def test_non_finite_output_fails_that_file_by_name(tmp_path, tiny_model_path, monkeypatch, capsys):
     real = FastSDFlow.super_resolve
 
-    def flaky(self, lr, tau=0.8, generator=None):
-        y = real(self, lr, tau=tau, generator=generator)
+    def flaky(self, lr, tau=0.8, generator=None, **kw):
+        y = real(self, lr, tau=tau, generator=generator, **kw)
         if lr.shape[-1] == 9:
             return y * float("nan")
         if lr.shape[-1] == 7:
@@ -247,6 +247,35 @@ def test_samples_names_and_seeds(tmp_path, tiny_model_path):
     assert not set(s6.values()) & {s5["a_sr_0.png"]}                    # other seed: other samples
     assert s6["a_0.png"] == s5["a_sr_1.png"]                            # sample k uses seed + k
     assert run("one", "--seed", "5") == {"a_sr.png": s5["a_sr_0.png"]}  # N = 1 is sample 0
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_samples_of_one_image_make_its_condition_once(tmp_path, tiny_model_path, monkeypatch, mode):
+    """--samples N: the image's condition (or each tile's) is made for the first sample and reused;
+    the samples stay those of N separate runs (test_samples_names_and_seeds checks the bytes)."""
+    made = []
+    maker = f"{mode}_condition"
+    real = getattr(FastSDFlow, maker)
+    monkeypatch.setattr(FastSDFlow, maker, lambda self, x: made.append(tuple(x.shape)) or real(self, x))
+    side = 12 if mode == "sr" else 48
+    save(tmp_path / "in" / "a.png", side, side)
+    save(tmp_path / "in" / "b.png", side, side + 4, seed=1)
+    run = ["-q", "-i", tmp_path / "in", "--model", tiny_model_path, "--samples", "3"]
+    assert sdflow(mode, *run, "-o", tmp_path / "whole", "--tile", "0") == 0
+    assert len(made) == 2  # one per image, not one per sample
+    assert len(list((tmp_path / "whole").iterdir())) == 6
+    made.clear()
+    tiling = ["--tile", "8", "--tile-pad", "2"] if mode == "sr" else ["--tile", "24", "--tile-pad", "8"]
+    assert sdflow(mode, *run, "-o", tmp_path / "tiled", *tiling) == 0
+    tiles = len(made)
+    made.clear()
+    assert sdflow(mode, *run[:-2], "-o", tmp_path / "tiled1", *tiling) == 0
+    assert tiles == len(made) > 2  # every tile's condition once, whatever the number of samples
+    # Conditions too large to keep (a huge image; here a tiny budget): made again for every sample.
+    monkeypatch.setattr("sdflow.tiling.DEFAULT_CONDITIONS_BUDGET", 1)
+    made.clear()
+    assert sdflow(mode, *run, "-o", tmp_path / "unkept", "--tile", "0") == 0
+    assert len(made) == 6
 
 
 def test_folders_are_mirrored_and_order_does_not_matter(tmp_path, tiny_model_path):

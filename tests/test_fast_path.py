@@ -147,3 +147,31 @@ def test_fast_paper_reproduces_the_authors_outputs(paper_parity, channels_last):
     assert rel_err(fast.hr_content(inp["hr"].float()), out["hr.content"]) < 1e-4
     ds = fast.downscale(inp["hr"].float(), deg_latent=inp["ds.deg_sample"].float())
     assert rel_err(ds, out["ds.image"]) < 1e-4
+
+
+@pytest.mark.parametrize("kind", ["model", "fast"])
+def test_a_condition_made_once_gives_each_samples_exact_result(tiny, kind):
+    """Samples of one image share E / f_HF's condition (SR) and z_c / f_Deg's condition (DS):
+    made once and passed to every sample, they change nothing, bit for bit."""
+    model = tiny if kind == "model" else FastSDFlow(tiny)
+    lr = torch.rand(1, 3, 9, 7) * 2 - 1
+    hr = torch.rand(1, 3, 30, 42) * 2 - 1  # padded inside: the condition is of the padded image
+    with torch.no_grad():
+        sr_cond, ds_cond = model.sr_condition(lr), model.ds_condition(hr)
+        for seed in (1, 2):
+            assert torch.equal(model.super_resolve(lr, 0.9, seeded(seed), condition=sr_cond),
+                               model.super_resolve(lr, 0.9, seeded(seed)))
+            assert torch.equal(model.downscale(hr, 0.9, generator=seeded(seed), condition=ds_cond),
+                               model.downscale(hr, 0.9, generator=seeded(seed)))
+        # Using it left it as it was (no sample wrote into the shared tensors).
+        again = model.sr_condition(lr)
+        assert torch.equal(sr_cond.content, again.content) and torch.equal(sr_cond.features, again.features)
+        assert torch.equal(ds_cond.features, model.ds_condition(hr).features)
+        # It belongs to one image, one task and one model.
+        with pytest.raises(ValueError, match="shape"):
+            model.super_resolve(lr[..., :6], 0.9, condition=sr_cond)
+        with pytest.raises(ValueError, match="another model"):
+            model.downscale(hr, 0.9, condition=sr_cond)
+        other = FastSDFlow(tiny)
+        with pytest.raises(ValueError, match="another model"):
+            other.super_resolve(lr, 0.9, condition=sr_cond)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from sdflow.config import ModelConfig
 from sdflow.fast import FastSDFlow
 from sdflow.model import deg_latent_shape, hf_latent_shape, padded_hr_size
-from sdflow.tiling import (DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, auto_tile, estimate_memory, plan_tiles,
-                           tiled_downscale, tiled_super_resolve)
+from sdflow.tiling import (DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, auto_tile, condition_memory, estimate_memory,
+                           plan_tiles, tiled_downscale, tiled_super_resolve)
 from test_fast_path import perturbed, seeded
 
 
@@ -164,3 +164,39 @@ def test_auto_tile_keeps_within_the_budget():
     assert estimate_memory(ModelConfig.preset("tiny")) < estimate_memory(paper)
     assert estimate_memory(paper, precision="bf16") < estimate_memory(paper)
     assert auto_tile(FastSDFlow(perturbed()), 100, 100) is None  # a model is accepted for its config
+
+
+@pytest.mark.parametrize("mode", ["sr", "ds"])
+def test_tiles_keep_their_conditions_for_the_next_sample(tiny, mode, monkeypatch):
+    """With a `conditions` dict, each tile's condition is made for the first sample only, and
+    every sample is still exactly the one drawn without it."""
+    fast = FastSDFlow(tiny)
+    made = []
+    maker = "sr_condition" if mode == "sr" else "ds_condition"
+    real = getattr(FastSDFlow, maker)
+    monkeypatch.setattr(FastSDFlow, maker, lambda self, x: made.append(tuple(x.shape)) or real(self, x))
+    if mode == "sr":
+        x = torch.rand(1, 3, 36, 44) * 2 - 1
+        run = lambda seed, c: tiled_super_resolve(fast, x, 16, 8, 0.9, seeded(seed), conditions=c)  # noqa: E731
+    else:
+        x = torch.rand(1, 3, 136, 168) * 2 - 1
+        run = lambda seed, c: tiled_downscale(fast, x, 48, 32, 0.9, generator=seeded(seed), conditions=c)  # noqa: E731
+    conditions = {}
+    first = run(1, conditions)
+    tiles = len(made)
+    assert tiles > 1 and len(conditions) == tiles
+    second = run(2, conditions)
+    assert len(made) == tiles  # no tile's condition made again
+    made.clear()
+    assert torch.equal(first, run(1, None)) and torch.equal(second, run(2, None))
+    assert len(made) == 2 * tiles  # without the dict, every sample makes them again
+    assert levels(first, second)[1] > 0.5  # two different samples
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_condition_memory_is_what_a_condition_holds(tiny, precision):
+    fast = FastSDFlow(tiny, precision)
+    lr, hr = torch.rand(1, 3, 24, 40) * 2 - 1, torch.rand(1, 3, 96, 160) * 2 - 1
+    for mode, x, c in (("sr", lr, fast.sr_condition(lr)), ("ds", hr, fast.ds_condition(hr))):
+        held = c.content.numel() * c.content.element_size() + c.features.numel() * c.features.element_size()
+        assert condition_memory(tiny.config, *x.shape[-2:], mode, precision) == pytest.approx(1.25 * held)

@@ -36,7 +36,7 @@ def _as_batch_of_one(x: torch.Tensor, i: int) -> torch.Tensor:
     return x
 
 
-def _run(images, batch_size, generators, draw, run) -> List[torch.Tensor]:
+def _run(images, batch_size, generators, draw, run, conditions, make) -> List[torch.Tensor]:
     images = [_as_batch_of_one(x, i) for i, x in enumerate(images)]
     if generators is not None and len(generators) != len(images):
         raise ValueError(f"{len(generators)} generators for {len(images)} images")
@@ -44,27 +44,39 @@ def _run(images, batch_size, generators, draw, run) -> List[torch.Tensor]:
     with torch.inference_mode():
         for idx in group_same_size([x.shape[-2:] for x in images], batch_size):
             latent = torch.cat([draw(images[i], None if generators is None else generators[i]) for i in idx])
-            y = run(torch.cat([images[i] for i in idx]), latent)
+            x = torch.cat([images[i] for i in idx])
+            kw = {}
+            if conditions is not None:
+                # Keyed by the batch's images: the next sample of the same images finds it.
+                key = tuple(idx)
+                if key not in conditions:
+                    conditions[key] = make(x)
+                kw["condition"] = conditions[key]
+            y = run(x, latent, **kw)
             for j, i in enumerate(idx):
                 out[i] = y[j:j + 1]
     return out
 
 
 def batched_super_resolve(model, images: Sequence[torch.Tensor], batch_size: int = 8, tau: float = 0.8,
-                          generators: Optional[Sequence[Optional[torch.Generator]]] = None) -> List[torch.Tensor]:
+                          generators: Optional[Sequence[Optional[torch.Generator]]] = None,
+                          conditions: Optional[dict] = None) -> List[torch.Tensor]:
     """`[model.super_resolve(x, tau, g) for x, g in zip(images, generators)]`, run `batch_size`
     same-size images at a time. Images are [3, h, w] or [1, 3, h, w]; outputs are [1, 3, 4h, 4w],
-    in input order."""
+    in input order. `conditions`: a dict passed again with the next sample of the same images and
+    batch size, in which each batch's `sr_condition` is made once."""
     return _run(images, batch_size, generators,
                 lambda x, g: model.sample_hf_latent(x, tau, g),
-                lambda x, z: model.super_resolve(x, hf_latent=z))
+                lambda x, z, **kw: model.super_resolve(x, hf_latent=z, **kw), conditions, model.sr_condition)
 
 
 def batched_downscale(model, images: Sequence[torch.Tensor], batch_size: int = 8, tau: float = 0.8,
                       component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
-                      generators: Optional[Sequence[Optional[torch.Generator]]] = None) -> List[torch.Tensor]:
+                      generators: Optional[Sequence[Optional[torch.Generator]]] = None,
+                      conditions: Optional[dict] = None) -> List[torch.Tensor]:
     """`[model.downscale(x, tau, component, sampler, generator=g) for ...]`, run `batch_size`
-    same-size images at a time; with sampler "image" each image still draws its own component."""
+    same-size images at a time; with sampler "image" each image still draws its own component.
+    `conditions`: as in `batched_super_resolve` (`ds_condition`)."""
     return _run(images, batch_size, generators,
                 lambda x, g: model.sample_deg_latent(x, tau, component, sampler, g),
-                lambda x, z: model.downscale(x, deg_latent=z))
+                lambda x, z, **kw: model.downscale(x, deg_latent=z, **kw), conditions, model.ds_condition)

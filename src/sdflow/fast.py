@@ -3,6 +3,8 @@
     fast = sdflow.fast.FastSDFlow(model)                  # or model.fuse_for_inference()
     sr = fast.super_resolve(lr, tau=0.8, generator=g)     # same signature and results as the model's
     lr = fast.downscale(hr, tau=0.8, generator=g)
+    c = fast.sr_condition(lr)                             # several samples of one image: E and
+    srs = [fast.super_resolve(lr, 0.8, g, condition=c) for g in gens]  # f_HF's condition net once
 
 `FastSDFlow` copies the weights of a trained `SDFlow` into plain tensors, rearranged for speed,
 and leaves the model itself untouched (build a new one after changing the model's weights). It
@@ -45,8 +47,8 @@ import torch.nn.functional as F
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow, SqueezeLevel
 from sdflow.flows.layers import (ActNorm, AffineCoupling, AffineInjector, Expand, FlowSequence, FlowStep,
                                  InvConv1x1, Squeeze)
-from sdflow.model import (CONTENT_CHANNELS, MIN_LR_SIDE, SCALE, SDFlow, _check_image, _check_latent,
-                          _pad_to, deg_latent_shape, hf_latent_shape, padded_hr_size)
+from sdflow.model import (CONTENT_CHANNELS, MIN_LR_SIDE, SCALE, Condition, SDFlow, _check_image, _check_latent,
+                          _checked, _pad_to, deg_latent_shape, hf_latent_shape, padded_hr_size)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -444,38 +446,50 @@ class FastSDFlow:
             return self.hr_content_program(hr)
 
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8, generator: Optional[torch.Generator] = None,
-                      hf_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      hf_latent: Optional[torch.Tensor] = None, condition: Optional[Condition] = None) -> torch.Tensor:
         _check_image(lr, "lr")
         h, w = lr.shape[-2:]
+        condition = _checked(condition, self, "sr", lr) or self.sr_condition(lr)
         with torch.inference_mode():
-            lr = _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
             if hf_latent is None:
                 hf_latent = self.sample_hf_latent(lr, tau, generator)
             _check_latent(hf_latent, hf_latent_shape(lr.shape), "hf_latent")
-            z_c = self.content(lr)
-            u = self.hf_cond(self._net_input(z_c))
-            z_h = self.hf_inverse(hf_latent, u)
-            del u
+            z_c, z_h = condition.content, self.hf_inverse(hf_latent, condition.features)
+            del condition  # when it is this call's own, f_HR^-1 (the peak) runs without it
             y = self.hr_inverse(torch.cat([z_c, z_h], 1))
             return y[..., :SCALE * h, :SCALE * w].contiguous()
+
+    def sr_condition(self, lr: torch.Tensor) -> Condition:
+        """`SDFlow.sr_condition`, in this copy's own format."""
+        _check_image(lr, "lr")
+        h, w = lr.shape[-2:]
+        with torch.inference_mode():
+            z_c = self.content(_pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE)))
+            return Condition("sr", tuple(lr.shape), z_c, self.hf_cond(self._net_input(z_c)), id(self))
 
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
                   component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
                   deg_latent: Optional[torch.Tensor] = None,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None,
+                  condition: Optional[Condition] = None) -> torch.Tensor:
         _check_image(hr, "hr")
         h, w = hr.shape[-2:]
+        condition = _checked(condition, self, "ds", hr) or self.ds_condition(hr)
         with torch.inference_mode():
             if deg_latent is None:
                 deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
             _check_latent(deg_latent, deg_latent_shape(hr.shape), "deg_latent")
-            hr = _pad_to(hr, *padded_hr_size(h, w))
-            z_c = self.hr_content_program(hr)
-            u = self.deg_cond(self._net_input(z_c))
-            z_d = self.deg_inverse(deg_latent, u)
-            del u
+            z_c, z_d = condition.content, self.deg_inverse(deg_latent, condition.features)
+            del condition
             x = self.lr_inverse(z_d.add_(z_c))
             return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)].contiguous()
+
+    def ds_condition(self, hr: torch.Tensor) -> Condition:
+        """`SDFlow.ds_condition`, in this copy's own format."""
+        _check_image(hr, "hr")
+        with torch.inference_mode():
+            z_c = self.hr_content_program(_pad_to(hr, *padded_hr_size(*hr.shape[-2:])))
+            return Condition("ds", tuple(hr.shape), z_c, self.deg_cond(self._net_input(z_c)), id(self))
 
     def __repr__(self) -> str:
         return (f"FastSDFlow(precision={self.precision!r}, channels_last={self.channels_last}, "

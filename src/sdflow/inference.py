@@ -210,17 +210,36 @@ def _generator(model, options: Options, k: int) -> torch.Generator:
     return generator
 
 
-def sample(model, x: torch.Tensor, options: Options, k: int) -> torch.Tensor:
-    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output."""
+def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optional[dict] = None) -> torch.Tensor:
+    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output. `conditions`: a dict
+    passed with every sample of x, in which what the samples share (the image's or each tile's
+    condition: E and f_HF's condition network for SR, z_c and f_Deg's for DS) is made once."""
+    from sdflow.tiling import _conditioned
+
     generator = _generator(model, options, k)
     with torch.inference_mode():
         tile = _tile_size(model, x, options)
         if tile is not None:
-            return _tiled(model, x, options, tile, generator)
+            return _tiled(model, x, options, tile, generator, conditions)
         if options.mode == "sr":
-            return model.super_resolve(x, tau=options.tau, generator=generator)
-        return model.downscale(x, tau=options.tau, component=options.component,
-                               sampler=options.sampler, generator=generator)
+            return model.super_resolve(x, tau=options.tau, generator=generator,
+                                       **_conditioned(model, "sr", conditions, "whole", x))
+        return model.downscale(x, tau=options.tau, component=options.component, sampler=options.sampler,
+                               generator=generator, **_conditioned(model, "ds", conditions, "whole", x))
+
+
+def _shared_conditions(model, x: torch.Tensor, options: Options, n: int, images: int = 1) -> Optional[dict]:
+    """An empty dict in which the n samples of x (or of `images` images of x's size) keep what they
+    share, made with the first sample and reused by the others; None for one sample, or when the
+    conditions would be too large to keep (a huge image)."""
+    from sdflow.fast import FastSDFlow
+    from sdflow.tiling import DEFAULT_CONDITIONS_BUDGET, condition_memory
+
+    if n < 2:
+        return None
+    precision = model.precision if isinstance(model, FastSDFlow) else "fp32"
+    need = images * condition_memory(model.config, x.shape[-2], x.shape[-1], options.mode, precision)
+    return {} if need <= DEFAULT_CONDITIONS_BUDGET else None
 
 
 def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
@@ -236,15 +255,15 @@ def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
     return int(options.tile) or None
 
 
-def _tiled(model, x, options: Options, tile: int, generator) -> torch.Tensor:
+def _tiled(model, x, options: Options, tile: int, generator, conditions: Optional[dict]) -> torch.Tensor:
     from sdflow import tiling
 
     if options.mode == "sr":
         pad = tiling.DEFAULT_SR_TILE_PAD if options.tile_pad is None else options.tile_pad
-        return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator)
+        return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator, conditions=conditions)
     pad = tiling.DEFAULT_DS_TILE_PAD if options.tile_pad is None else options.tile_pad
     return tiling.tiled_downscale(model, x, tile, pad, options.tau, options.component, options.sampler,
-                                  generator)
+                                  generator, conditions=conditions)
 
 
 def read_job(job: Job):
@@ -273,10 +292,11 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
         x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
     problems = []
     alpha = None
+    conditions = _shared_conditions(model, x, options, len(job.outputs)) if samples is None else None
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
         try:
-            y = samples[k] if samples is not None else sample(model, x, options, k)
+            y = samples[k] if samples is not None else sample(model, x, options, k, conditions)
         except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
             problems.append(f"{label}model failed ({type(e).__name__}: {e})")
             continue
@@ -341,13 +361,14 @@ def _batched_samples(model, xs: List[torch.Tensor], options: Options, n: int) ->
     from sdflow.batching import batched_downscale, batched_super_resolve
 
     per_k = []
+    conditions = _shared_conditions(model, xs[0], options, n, images=len(xs))  # the batch's, made once
     for k in range(n):
         gens = [_generator(model, options, k) for _ in xs]
         if options.mode == "sr":
-            per_k.append(batched_super_resolve(model, xs, len(xs), options.tau, gens))
+            per_k.append(batched_super_resolve(model, xs, len(xs), options.tau, gens, conditions))
         else:
             per_k.append(batched_downscale(model, xs, len(xs), options.tau, options.component,
-                                           options.sampler, gens))
+                                           options.sampler, gens, conditions))
     return [[per_k[k][i] for k in range(n)] for i in range(len(xs))]
 
 

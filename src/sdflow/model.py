@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -93,22 +94,32 @@ class SDFlow(nn.Module):
 
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8,
                       generator: Optional[torch.Generator] = None,
-                      hf_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      hf_latent: Optional[torch.Tensor] = None,
+                      condition: Optional["Condition"] = None) -> torch.Tensor:
         """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(z'_h; z_c)]), z_c = E(lr).
 
         z'_h ~ N(0, tau^2 I) is drawn by `sample_hf_latent` unless `hf_latent` gives it directly
         (then `tau` and `generator` are unused); its shape is that of `sample_hf_latent(lr)`.
+        `condition`: `sr_condition(lr)`, made once for several samples of one image.
         """
         _check_image(lr, "lr")
         h, w = lr.shape[-2:]
-        # Reflect padding inside the networks needs at least 2 pixels per side.
-        lr = _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
+        condition = _checked(condition, self, "sr", lr) or self.sr_condition(lr)
         if hf_latent is None:
             hf_latent = self.sample_hf_latent(lr, tau, generator)
         _check_latent(hf_latent, hf_latent_shape(lr.shape), "hf_latent")
-        z_c = self.content(lr)
-        z_h = self.f_hf.inverse(hf_latent.to(z_c.dtype), z_c)[0]
+        z_c = condition.content
+        z_h = self.f_hf.inverse(hf_latent.to(z_c.dtype), z_c, features=condition.features)[0]
         return self.decode_hr(z_c, z_h)[..., :SCALE * h, :SCALE * w]
+
+    def sr_condition(self, lr: torch.Tensor) -> "Condition":
+        """What every SR sample of `lr` shares: z_c = E(lr) and f_HF's condition network on it,
+        most of an SR call's work; pass it to `super_resolve(lr, ..., condition=c)` for each sample."""
+        _check_image(lr, "lr")
+        h, w = lr.shape[-2:]
+        # Reflect padding inside the networks needs at least 2 pixels per side.
+        z_c = self.content(_pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE)))
+        return Condition("sr", tuple(lr.shape), z_c, self.f_hf.condition(z_c), id(self))
 
     def sample_hf_latent(self, lr: torch.Tensor, tau: float = 0.8,
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -132,24 +143,33 @@ class SDFlow(nn.Module):
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
                   component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
                   deg_latent: Optional[torch.Tensor] = None,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None,
+                  condition: Optional["Condition"] = None) -> torch.Tensor:
         """[B,3,H,W] -> [B,3,ceil(H/4),ceil(W/4)]: x = f_LR^-1(z_c + f_Deg^-1(z'_d; z_c)).
 
         Any size works: the image is padded (edge replication) to a multiple of 8 (and at least
         16) and the result cropped back. `component` restricts the mixture components drawn from, `sampler` is
         "image" (one component per image, the authors' sampler) or "element"; `deg_latent`
         gives z'_d directly (its spatial size must match the padded image / 8).
+        `condition`: `ds_condition(hr)`, made once for several samples of one image.
         """
         _check_image(hr, "hr")
         h, w = hr.shape[-2:]
+        condition = _checked(condition, self, "ds", hr) or self.ds_condition(hr)
         if deg_latent is None:
             deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
         _check_latent(deg_latent, deg_latent_shape(hr.shape), "deg_latent")
-        hr = _pad_to(hr, *padded_hr_size(h, w))
-        z_c = self.hr_content(hr)
-        z_d = self.f_deg.inverse(deg_latent.to(z_c.dtype), z_c)[0]
+        z_c = condition.content
+        z_d = self.f_deg.inverse(deg_latent.to(z_c.dtype), z_c, features=condition.features)[0]
         x = self.f_lr.inverse(z_c + z_d)[0]
         return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
+
+    def ds_condition(self, hr: torch.Tensor) -> "Condition":
+        """What every DS sample of `hr` shares: z_c of f_HR(hr) and f_Deg's condition network on
+        it, most of a DS call's work; pass it to `downscale(hr, ..., condition=c)` for each sample."""
+        _check_image(hr, "hr")
+        z_c = self.hr_content(_pad_to(hr, *padded_hr_size(*hr.shape[-2:])))
+        return Condition("ds", tuple(hr.shape), z_c, self.f_deg.condition(z_c), id(self))
 
     def fuse_for_inference(self, precision: str = "fp32", channels_last: Optional[bool] = None):
         """A fused, inference-only copy for fast sampling (`sdflow.fast.FastSDFlow`); this model is
@@ -159,6 +179,29 @@ class SDFlow(nn.Module):
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What every sample of one image shares, made by `sr_condition` / `ds_condition`: the
+    content z_c and the condition network's features. Only the model that made it takes it."""
+    mode: str                     # "sr" | "ds"
+    shape: Tuple[int, ...]        # the image's shape
+    content: torch.Tensor
+    features: torch.Tensor
+    maker: int                    # id() of the model that made it
+
+
+def _checked(condition: Optional[Condition], model, mode: str, image: torch.Tensor) -> Optional[Condition]:
+    if condition is None:
+        return None
+    if condition.maker != id(model) or condition.mode != mode:
+        raise ValueError(f"this condition was made by another model or for {condition.mode!r}, "
+                         f"not by this one's {mode}_condition")
+    if condition.shape != tuple(image.shape):
+        raise ValueError(f"this condition was made for an image of shape {condition.shape}, "
+                         f"not {tuple(image.shape)}")
+    return condition
 
 
 def padded_hr_size(h: int, w: int):

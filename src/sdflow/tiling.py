@@ -21,7 +21,8 @@ pixels, so that the squeezes of f_HR and f_Deg group the same pixels as in the w
 the noise field crops exactly.
 
 `model` is an `SDFlow` or a `sdflow.fast.FastSDFlow` (anything with `super_resolve` /
-`downscale` taking `hf_latent` / `deg_latent`, and `sample_hf_latent` / `sample_deg_latent`).
+`downscale` taking `hf_latent` / `deg_latent` and `condition`, `sr_condition` / `ds_condition`,
+and `sample_hf_latent` / `sample_deg_latent`).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import torch
 
 from sdflow.model import HR_MULTIPLE, MIN_HR_SIDE, MIN_LR_SIDE, SCALE, _check_image, _pad_to, padded_hr_size
 
-__all__ = ["tiled_super_resolve", "tiled_downscale", "auto_tile", "estimate_memory", "plan_tiles",
+__all__ = ["tiled_super_resolve", "tiled_downscale", "auto_tile", "estimate_memory", "condition_memory", "plan_tiles",
            "Span", "MIN_SR_TILE", "MIN_DS_TILE", "DEFAULT_SR_TILE_PAD", "DEFAULT_DS_TILE_PAD",
            "DEFAULT_MEMORY_BUDGET"]
 
@@ -45,6 +46,8 @@ DEFAULT_SR_TILE_PAD = 16
 DEFAULT_DS_TILE_PAD = 64
 # Activation memory that `auto_tile` lets one model call use.
 DEFAULT_MEMORY_BUDGET = 768 * 2**20
+# Memory that the kept conditions of one image's tiles may take (several samples of one image).
+DEFAULT_CONDITIONS_BUDGET = 256 * 2**20
 # The blend ramp spans this fraction of the 2 * tile_pad overlap, centred on the boundary. Outputs
 # within tile_pad / 2 of a tile's edge then get no weight at all; feathering across the whole
 # overlap instead measured 10-1000 times larger tiled-vs-untiled errors (docs/performance.md).
@@ -113,9 +116,19 @@ def _ramp(t: torch.Tensor) -> torch.Tensor:
     return 0.5 - 0.5 * torch.cos(math.pi * t.clamp(0, 1))
 
 
+def _conditioned(model, mode: str, conditions: Optional[dict], key, image: torch.Tensor) -> dict:
+    """`condition=` for the model call: the condition of `image` kept in `conditions` under `key`
+    (made the first time); nothing without a dict, so models without conditions work too."""
+    if conditions is None:
+        return {}
+    if key not in conditions:
+        conditions[key] = model.sr_condition(image) if mode == "sr" else model.ds_condition(image)
+    return {"condition": conditions[key]}
+
+
 def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, out_hw):
     """The generic tiler: x [B,3,H,W] (H, W multiples of align), latent at x's size / latent_div,
-    run(x_tile, latent_tile) -> output at ratio times the tile's size."""
+    run(x_tile, latent_tile, key) -> output at ratio times the tile's size; key names the tile."""
     b, _, h, w = x.shape
     ys = plan_tiles(h, tile, pad, align, min_size)
     xs = plan_tiles(w, tile, pad, align, min_size)
@@ -127,7 +140,7 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
             xt = x[..., sy.ext0:sy.ext1, sx.ext0:sx.ext1]
             lt = None if latent is None else latent[..., sy.ext0 // latent_div:sy.ext1 // latent_div,
                                                     sx.ext0 // latent_div:sx.ext1 // latent_div]
-            yt = run(xt, lt)
+            yt = run(xt, lt, (sy.ext0, sy.ext1, sx.ext0, sx.ext1))
             if not bool(torch.isfinite(yt).all()):
                 warnings.warn(f"non-finite values in the tile at rows {sy.ext0}:{sy.ext1}, columns "
                               f"{sx.ext0}:{sx.ext1} of the input", RuntimeWarning, stacklevel=3)
@@ -141,10 +154,15 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
 def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
                         tile_pad: int = DEFAULT_SR_TILE_PAD, tau: float = 0.8,
                         generator: Optional[torch.Generator] = None,
-                        hf_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        hf_latent: Optional[torch.Tensor] = None,
+                        conditions: Optional[dict] = None) -> torch.Tensor:
     """`model.super_resolve(lr, tau, generator)` computed in tiles of about `tile` x `tile` LR
     pixels (None, or a tile covering the image: one call) with `tile_pad` LR pixels of context.
-    The noise is the untiled call's: the same generator gives the same field."""
+    The noise is the untiled call's: the same generator gives the same field.
+
+    `conditions`: a dict to pass again with every sample of the same image and tiling; each
+    tile's `sr_condition` (E and f_HF's condition network, most of the work) is kept there and
+    made only once, at the cost of holding them all (about 270 bytes per LR pixel in float32)."""
     _check_image(lr, "lr")
     h, w = lr.shape[-2:]
     if tile is not None and tile < MIN_SR_TILE:
@@ -153,12 +171,13 @@ def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
         raise ValueError(f"tile_pad must be >= 0, got {tile_pad}")
     with torch.inference_mode():
         if tile is None or (tile >= h and tile >= w) or min(h, w) < MIN_LR_SIDE:
-            return model.super_resolve(lr, tau, generator, hf_latent=hf_latent)
+            return model.super_resolve(lr, tau, generator, hf_latent=hf_latent,
+                                       **_conditioned(model, "sr", conditions, "whole", lr))
         if hf_latent is None and tau >= 1e-6:
             hf_latent = model.sample_hf_latent(lr, tau, generator)
 
-        def run(xt, lt):
-            return model.super_resolve(xt, tau=0.0, hf_latent=lt)
+        def run(xt, lt, key):
+            return model.super_resolve(xt, tau=0.0, hf_latent=lt, **_conditioned(model, "sr", conditions, key, xt))
 
         return _run_tiled(lr, hf_latent, 1, SCALE, tile, tile_pad, 1, MIN_LR_SIDE, run, (SCALE * h, SCALE * w))
 
@@ -166,12 +185,13 @@ def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
 def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pad: int = DEFAULT_DS_TILE_PAD,
                     tau: float = 0.8, component: Optional[Union[int, Sequence[int]]] = None,
                     sampler: str = "image", generator: Optional[torch.Generator] = None,
-                    deg_latent: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    deg_latent: Optional[torch.Tensor] = None, conditions: Optional[dict] = None) -> torch.Tensor:
     """`model.downscale(hr, tau, component, sampler, generator=generator)` computed in tiles of
     about `tile` x `tile` HR pixels (None, or a tile covering the image: one call) with
     `tile_pad` HR pixels of context. Both are rounded to multiples of 8 (tile down, at least 16;
     tile_pad up). The degradation latent is the untiled call's: the same generator gives the same
-    field, and with sampler "image" one mixture component for the whole image."""
+    field, and with sampler "image" one mixture component for the whole image. `conditions`:
+    as in `tiled_super_resolve` (each tile's `ds_condition` made once)."""
     _check_image(hr, "hr")
     h, w = hr.shape[-2:]
     if tile is not None and tile < MIN_DS_TILE:
@@ -181,15 +201,16 @@ def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pa
     with torch.inference_mode():
         ph, pw = padded_hr_size(h, w)
         if tile is None or (tile >= ph and tile >= pw):
-            return model.downscale(hr, tau, component, sampler, deg_latent=deg_latent, generator=generator)
+            return model.downscale(hr, tau, component, sampler, deg_latent=deg_latent, generator=generator,
+                                   **_conditioned(model, "ds", conditions, "whole", hr))
         if deg_latent is None:
             deg_latent = model.sample_deg_latent(hr, tau, component, sampler, generator)
         tile = tile // HR_MULTIPLE * HR_MULTIPLE
         tile_pad = -(-tile_pad // HR_MULTIPLE) * HR_MULTIPLE
         padded = _pad_to(hr, ph, pw)
 
-        def run(xt, lt):
-            return model.downscale(xt, deg_latent=lt)
+        def run(xt, lt, key):
+            return model.downscale(xt, deg_latent=lt, **_conditioned(model, "ds", conditions, key, xt))
 
         return _run_tiled(padded, deg_latent, HR_MULTIPLE, 1 / SCALE, tile, tile_pad, HR_MULTIPLE, MIN_HR_SIDE,
                           run, (math.ceil(h / SCALE), math.ceil(w / SCALE)))
@@ -234,6 +255,19 @@ def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: boo
         per_input_pixel = per_lr_pixel / SCALE ** 2
     slack = 1.5 if fast else 1.5 * 1.7
     return per_input_pixel * slack
+
+
+def condition_memory(config, height: int, width: int, mode: str = "sr", precision: str = "fp32") -> float:
+    """Bytes that the conditions of an image of height x width input pixels take when kept for
+    its next samples (`conditions=` of the tiled calls): z_c in float32 and the condition
+    features in the nets' type, plus a quarter for the context that neighbouring tiles share."""
+    config = getattr(config, "config", config)
+    net_bytes = 2 if precision in ("bf16", "fp16") else 4
+    if mode == "sr":
+        per_input_pixel = 3 * 4 + config.cond_channels * net_bytes
+    else:  # z_c at LR size, the features at LR/2
+        per_input_pixel = (3 * 4 + config.cond_channels * net_bytes / 4) / SCALE ** 2
+    return 1.25 * height * width * per_input_pixel
 
 
 def auto_tile(config, height: int, width: int, mode: str = "sr", tile_pad: Optional[int] = None,

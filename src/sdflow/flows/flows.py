@@ -103,8 +103,10 @@ class ConditionalFlow(nn.Module):
             logdet = logdet + standard_normal_logp(out)
         return out, logdet
 
-    def inverse(self, eps, cond):
-        z, logdet = chain_inverse(self._parts(), eps, self.condition(cond))
+    def inverse(self, eps, cond, features=None):
+        """`features`: `self.condition(cond)` when the caller has it already (several samples
+        for one condition)."""
+        z, logdet = chain_inverse(self._parts(), eps, self.condition(cond) if features is None else features)
         if self.normal_prior:
             logdet = logdet - standard_normal_logp(eps)
         return z, logdet
