@@ -217,14 +217,19 @@ def memory(device, sr_sizes, ds_sizes):
 
 # ----- quality of reduced precision ------------------------------------------------------
 
-def quality(device):
+def quality(device, source=None):
     import numpy as np
     import torch
     from PIL import Image
 
     from sdflow.fast import FastSDFlow
 
-    model, source = bench_model(device)
+    if source is None:
+        model, source = bench_model(device)
+    else:
+        import sdflow
+
+        model = sdflow.load(source, device=device)
     print(f"\n## reduced precision against fast-fp32 ({device}; {source})")
     samples = sorted((REPO / "src" / "sdflow" / "assets" / "samples").glob("*.png"))
     fast = {p: FastSDFlow(model, p) for p in ("fp32", "bf16", "fp16")}
@@ -466,6 +471,9 @@ def main(argv=None):
     ap.add_argument("--parts", nargs="+", default=["speed", "floor", "samples", "memory", "quality", "batch", "4k"],
                     choices=["speed", "floor", "samples", "memory", "quality", "batch", "4k"])
     ap.add_argument("--samples", type=int, default=4, help="samples per image for --parts samples")
+    ap.add_argument("--model", default=None,
+                    help="--parts quality with this model (any sdflow.load source, e.g. 'default', a trained "
+                         "model) instead of the random-weight paper-size one")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--sr-sizes", type=int, nargs="+", default=SR_SIZES, help="LR sides for SR")
     ap.add_argument("--ds-sizes", type=int, nargs="+", default=DS_SIZES, help="HR sides for DS")
@@ -497,7 +505,7 @@ def main(argv=None):
         if "memory" in args.parts:
             memory(device, args.sr_sizes, args.ds_sizes)
         if "quality" in args.parts:
-            quality(device)
+            quality(device, args.model)
         if "batch" in args.parts:
             batch(device, args.repeats)
     if "4k" in args.parts:

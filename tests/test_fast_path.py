@@ -175,3 +175,18 @@ def test_a_condition_made_once_gives_each_samples_exact_result(tiny, kind):
         other = FastSDFlow(tiny)
         with pytest.raises(ValueError, match="another model"):
             other.super_resolve(lr, 0.9, condition=sr_cond)
+
+
+def test_reduced_precision_keeps_e_and_f_lr_in_float32(tiny):
+    """E's z_c goes straight into the SR image and f_LR^-1 makes the DS image: with trained
+    weights their bf16 rounding was most of bf16's cost (docs/performance.md), so they stay float32."""
+    f32, b16 = FastSDFlow(tiny, "fp32"), FastSDFlow(tiny, "bf16")
+    lr = torch.rand(1, 3, 9, 7) * 2 - 1
+    z = torch.randn(1, 3, 10, 8)
+    assert b16.content(lr).dtype == torch.float32
+    assert torch.equal(b16.content(lr), f32.content(lr))
+    with torch.inference_mode():
+        assert torch.equal(b16.lr_inverse(z), f32.lr_inverse(z))
+        # The other nets do run in bf16: the HF condition features differ.
+        c32, c16 = f32.sr_condition(lr), b16.sr_condition(lr)
+        assert c16.features.dtype == torch.bfloat16 and not torch.equal(c16.features.float(), c32.features)

@@ -238,7 +238,7 @@ def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: boo
     cond_net = (cond + 45, 5 * cond + 9 * g)
     if mode == "sr":
         stages = [
-            (0, 7 * ce),                                      # E: a, m, t, modulation, conv temporaries
+            (7 * ce, 0),                                      # E (float32 at any precision): a, m, t, ...
             cond_net,                                         # f_HF's RRDB condition net on z_c
             (3 * 45 + 3, 2 * cond + 23 + 2 * hid + 90),       # f_HF^-1: z, scale/shift; u, buffer, hidden
             (4 * (3 * 12) + 48 + 3, 4 * (6 + 2 * hid)),       # f_HR^-1 at HR/2: z, output; hidden
