@@ -190,3 +190,22 @@ def test_reduced_precision_keeps_e_and_f_lr_in_float32(tiny):
         # The other nets do run in bf16: the HF condition features differ.
         c32, c16 = f32.sr_condition(lr), b16.sr_condition(lr)
         assert c16.features.dtype == torch.bfloat16 and not torch.equal(c16.features.float(), c32.features)
+
+
+def test_couplings_in_row_bands_give_the_whole_images_result(tiny, monkeypatch):
+    """f_HR's and f_LR's couplings run in bands of rows (fast.BAND_BYTES); bands of 2 rows, each
+    with its one row of context per side, must give what one band over the whole image gives."""
+    import sdflow.fast as fast_module
+
+    fast = FastSDFlow(tiny)
+    lr = torch.rand(1, 3, 9, 7) * 2 - 1
+    hr = torch.rand(1, 3, 30, 42) * 2 - 1
+    whole = (fast.super_resolve(lr, 0.8, seeded(1)), fast.downscale(hr, 0.8, generator=seeded(1)))
+    monkeypatch.setattr(fast_module, "BAND_BYTES", 1)
+    monkeypatch.setattr(fast_module, "BAND_MIN_ROWS", 2)
+    banded = (fast.super_resolve(lr, 0.8, seeded(1)), fast.downscale(hr, 0.8, generator=seeded(1)))
+    for a, b in zip(banded, whole):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-6
+    # A wrong context (no row of overlap) would not pass: the check can fail.
+    monkeypatch.setattr(fast_module._AffineNet, "rows", lambda self, x, r0, r1: self(x[..., r0:r1 + 2, :]))
+    assert rel_err(fast.super_resolve(lr, 0.8, seeded(1)), whole[0]) > 1e-4

@@ -25,6 +25,8 @@ these exact rewrites:
 - Downscaling needs only z_c (3 channels) of f_HR(y): f_HR's last coupling leaves those
   channels alone and is skipped, and of the last 1x1 convolution only 3 rows are computed.
 - Activations are updated in place where the input is no longer needed.
+- Unconditional couplings (f_HR, f_LR) run in bands of rows (`BAND_BYTES`), each band's nets on
+  its rows plus one row of context per side; the coupling leaves za alone, so this is exact.
 - Channels-last memory format (`channels_last`, default on CPU and CUDA): oneDNN's 3x3
   convolutions run faster on NHWC tensors. On the 2-core CPU of docs/performance.md this is
   most of the gain.
@@ -202,11 +204,32 @@ class _AffineNet:
         b[:n] *= 2
         self.conv3 = _Conv(w, b, 1, False, spec)
         self.n = n
+        self.hidden = net.conv1.out_channels
 
     def __call__(self, x_padded):
         h = _lrelu_(self.conv1(x_padded, padded=True), 0.01)
         h = self.conv3(_lrelu_(self.conv2(h), 0.01)).float()
         return h[:, :self.n], h[:, self.n:]
+
+    def rows(self, x_padded, r0: int, r1: int):
+        """Rows r0:r1 of `self(x_padded)`: the first two convolutions on those rows and one more
+        on each side (the last one's context), the last one zero-padded at the image's own top
+        and bottom only."""
+        height = x_padded.shape[-2] - 2
+        a, b = max(r0 - 1, 0), min(r1 + 1, height)
+        h = _lrelu_(self.conv1(x_padded[..., a:b + 2, :], padded=True), 0.01)
+        h = _lrelu_(self.conv2(h), 0.01)
+        if a == r0 or b == r1:
+            h = F.pad(h, (0, 0, int(a == r0), int(b == r1)))
+        h = F.conv2d(h, self.conv3.weight, self.conv3.bias, padding=(0, 1)).float()
+        return h[:, :self.n], h[:, self.n:]
+
+
+# Unconditional couplings (f_HR, f_LR) run in bands of rows whose hidden activations take about
+# BAND_BYTES: whole, f_HR's level 1 holds two 64-channel maps at HR/2 (16 MB each for a 128x128
+# LR), fresh pages that the kernel must zero on every call; bands stay in cache and are reused.
+BAND_BYTES = 4 << 20
+BAND_MIN_ROWS = 16
 
 
 def _exp_scale_(s: torch.Tensor, sign: float) -> torch.Tensor:
@@ -276,17 +299,23 @@ class _Coupling:
 
     def __call__(self, z, ctx):
         za_padded = F.pad(z[:, :self.split], (1, 1, 1, 1), mode="reflect")
-        if ctx.u_padded is None:
-            inp = za_padded.to(ctx.dtype)
-        else:
-            inp = ctx.coupling_input(self.split, za_padded)
-        s, shift = self.net(inp)
-        zb = z[:, self.split:]
+        if ctx.u_padded is not None:
+            self._update(z[:, self.split:], *self.net(ctx.coupling_input(self.split, za_padded)))
+            return z
+        # The couplings leave za alone, so zb can be updated band by band from za.
+        inp = za_padded.to(ctx.dtype)
+        height = z.shape[-2]
+        rows = max(BAND_MIN_ROWS, BAND_BYTES // (z.shape[-1] * self.net.hidden * 4))
+        for r0 in range(0, height, rows):
+            r1 = min(r0 + rows, height)
+            self._update(z[:, self.split:, r0:r1], *self.net.rows(inp, r0, r1))
+        return z
+
+    def _update(self, zb, s, shift):
         if self.reverse:
             zb.mul_(_exp_scale_(s, -1.0)).sub_(shift)
         else:
             zb.add_(shift).mul_(_exp_scale_(s, 1.0))
-        return z
 
 
 class _Context:
