@@ -336,3 +336,31 @@ def test_plot_and_ticks():
     assert 'stroke-dasharray="6 4"' in svg
     # A crop at whole zooms of its LR pixels, near the target size.
     assert report.display_size(128) % 32 == 0 and report.display_size(96) % 24 == 0
+
+
+def test_every_tau_and_sample_of_an_image_shares_its_condition(tmp_path, tiny_model_path, monkeypatch):
+    """The condition does not depend on tau: eval makes it once per image and direction, and the
+    scores are those of separate calls."""
+    from sdflow.fast import FastSDFlow
+
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"))
+    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
+    model = FastSDFlow(sdflow.load(tiny_model_path))
+    made = []
+    for maker in ("sr_condition", "ds_condition"):
+        real = getattr(FastSDFlow, maker)
+        monkeypatch.setattr(FastSDFlow, maker, lambda self, x, real=real, maker=maker: made.append(maker) or real(self, x))
+
+    def scores(res):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in res.sr_rows + res.ds_rows]
+
+    kw = dict(taus=[0.0, 0.7], samples=2, progress=False, report_images=0, log=lambda m: None)
+    shared = evaluate.run_evaluation(pairs, model, **kw)
+    assert sorted(made) == ["ds_condition"] * 2 + ["sr_condition"] * 2  # 2 images, not 2 x 2 taus x 2 samples
+    ours = [r for r in shared.sr_rows if r["method"] == "sdflow" and r["image"] == "a"]
+    assert len(ours) == 2 and ours[0]["seconds"] == ours[1]["seconds"] > 0  # seconds per output, spread
+    monkeypatch.setattr("sdflow.tiling.DEFAULT_CONDITIONS_BUDGET", 0)
+    made.clear()
+    separate = evaluate.run_evaluation(pairs, model, **kw)
+    assert len(made) == 16
+    assert scores(shared) == scores(separate)
