@@ -227,8 +227,9 @@ def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: boo
     bf16 / fp16); the largest stage decides, times 1.5 for the allocator's slack. `fast=False`
     (the plain model, which keeps more concatenations and padded copies alive) adds a factor
     1.7. For the paper config this gives 4386 B per LR pixel (SR, fast fp32) and 235 B per HR
-    pixel (DS); benchmarks/bench_inference.py measured 3884 and 183 (plain model: 6258 and 263)
-    and prints this estimate beside its measurements, so the rule can be rechecked.
+    pixel (DS); benchmarks/bench_inference.py measured 2813 and 195 (plain model: 6077 and 269;
+    the fast path's f_HR runs its couplings in row bands, so its level-1 stage is smaller than
+    counted here) and prints this estimate beside its measurements, so the rule can be rechecked.
     """
     if mode not in ("sr", "ds"):
         raise ValueError(f"mode must be 'sr' or 'ds', got {mode!r}")
