@@ -463,3 +463,22 @@ def test_batch_size_groups_same_size_images_and_changes_only_rounding(tmp_path, 
     with pytest.raises(SystemExit) as e:
         sdflow(mode, "-i", src, "-o", tmp_path / "x", "--batch-size", "0")
     assert e.value.code == 2
+
+
+def test_reduced_precision_warns_on_a_cpu_without_it(tmp_path, tiny_model_path, monkeypatch, capsys):
+    import torch
+
+    from sdflow.commands.infer import precision_note
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    assert "bfloat16" in precision_note(cpu, "bf16") and "float16" in precision_note(cpu, "fp16")
+    assert precision_note(cpu, "fp32") is None and precision_note(cuda, "bf16") is None
+    src = save(tmp_path / "a.png", 8, 8)
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "o", "--model", tiny_model_path, "--precision", "bf16") == 0
+    assert "no bfloat16 instructions" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert precision_note(cpu, "bf16") is None
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "o2", "--model", tiny_model_path, "--precision", "bf16") == 0
+    assert "note:" not in capsys.readouterr().err

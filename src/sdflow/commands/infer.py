@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
-# bf16 and fp16 run the fused fast path (sdflow.fast) on a float32 model; fp32 and fp64 the plain model.
+# fp32, bf16 and fp16 run the fused fast path (sdflow.fast) on a float32 model; fp64 the plain model.
 PRECISIONS = {"fp32": "float32", "bf16": "float32", "fp16": "float32", "fp64": "float64"}
 
 
@@ -130,6 +131,27 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def precision_note(device, precision: str) -> Optional[str]:
+    """A warning when a reduced precision will be slow on this CPU, or None. Without native
+    arithmetic, oneDNN runs bf16 / fp16 convolutions through conversion fallbacks (fp16 here:
+    0.3x the authors' float32 path on a CPU without AMX-FP16, docs/performance.md)."""
+    import torch
+
+    if device.type != "cpu" or precision not in ("bf16", "fp16"):
+        return None
+    cpu = torch.cpu
+    if precision == "bf16":
+        native = getattr(cpu, "_is_avx512_bf16_supported", lambda: True)()
+        what = "bfloat16 instructions (AVX512-BF16 / AMX)"
+    else:
+        native = getattr(cpu, "_is_amx_fp16_supported", lambda: True)()
+        what = "float16 matrix instructions (AMX-FP16)"
+    if native:
+        return None
+    return (f"this CPU has no {what}: --precision {precision} will likely be slower than fp32 here "
+            "(it is meant for CPUs that have them, and for GPUs)")
+
+
 def _usage_error(message: str) -> int:
     print(f"sdflow: error: {message}", file=sys.stderr)
     return 2
@@ -180,6 +202,9 @@ def run(args) -> int:
         from sdflow.fast import FastSDFlow
 
         model = FastSDFlow(model, args.precision)
+        note = precision_note(device, args.precision)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
 
     try:
         summary = run_jobs(model, jobs, options, progress=not args.quiet)
