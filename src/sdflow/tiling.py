@@ -37,7 +37,7 @@ from sdflow.model import HR_MULTIPLE, MIN_HR_SIDE, MIN_LR_SIDE, SCALE, _check_im
 
 __all__ = ["tiled_super_resolve", "tiled_downscale", "auto_tile", "estimate_memory", "condition_memory", "plan_tiles",
            "Span", "MIN_SR_TILE", "MIN_DS_TILE", "DEFAULT_SR_TILE_PAD", "DEFAULT_DS_TILE_PAD",
-           "DEFAULT_MEMORY_BUDGET"]
+           "DEFAULT_MEMORY_BUDGET", "DEFAULT_CONDITIONS_BUDGET"]
 
 MIN_SR_TILE = 8                 # LR pixels
 MIN_DS_TILE = 2 * HR_MULTIPLE   # HR pixels
