@@ -491,11 +491,19 @@ class Trainer:
             self.val_pairs = self._load_val() if d.is_main else []
             stop.install()
             summary.update(self._loop(stop))
+            if d.owns_group:
+                # No rank tears the group down while another still has work in flight on it
+                # (gloo then aborts the process at exit: seen once in CI, "terminate called
+                # without an active exception" after a finished run). Not on the error path,
+                # where the other ranks may never arrive.
+                dist.barrier()
         finally:
             stop.uninstall()
             self.batches = None
             self.logger.close()
             if d.owns_group and dist.is_initialized():
+                # The DDP wrappers hold the group and their reducers' pending work: gone first.
+                self.gen, self.critic_ddp = None, {}
                 dist.destroy_process_group()
         return summary
 
