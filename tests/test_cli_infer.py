@@ -482,3 +482,13 @@ def test_reduced_precision_warns_on_a_cpu_without_it(tmp_path, tiny_model_path, 
     assert precision_note(cpu, "bf16") is None
     assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "o2", "--model", tiny_model_path, "--precision", "bf16") == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_a_tiled_image_shows_its_tiles(tmp_path, tiny_model_path, capsys):
+    src = save(tmp_path / "a.png", 16, 16)
+    args = ["sr", "-i", src, "--model", tiny_model_path, "--tile", "8", "--tile-pad", "2"]
+    assert sdflow(*args, "-o", tmp_path / "o") == 0
+    err = capsys.readouterr().err
+    assert "tiles" in err and "0/4" in err  # the second bar, over 2 x 2 tiles
+    assert sdflow(*args, "-q", "-o", tmp_path / "q") == 0
+    assert "tiles" not in capsys.readouterr().err

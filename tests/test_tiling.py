@@ -200,3 +200,14 @@ def test_condition_memory_is_what_a_condition_holds(tiny, precision):
     for mode, x, c in (("sr", lr, fast.sr_condition(lr)), ("ds", hr, fast.ds_condition(hr))):
         held = c.content.numel() * c.content.element_size() + c.features.numel() * c.features.element_size()
         assert condition_memory(tiny.config, *x.shape[-2:], mode, precision) == pytest.approx(1.25 * held)
+
+
+def test_on_tile_reports_each_tile(tiny):
+    calls = []
+    lr = torch.rand(1, 3, 20, 24) * 2 - 1
+    tiled_super_resolve(tiny, lr, 8, 2, 0.8, seeded(1), on_tile=lambda done, total: calls.append((done, total)))
+    n = len(plan_tiles(20, 8, 2)) * len(plan_tiles(24, 8, 2))
+    assert n > 1 and calls == [(i, n) for i in range(n + 1)]
+    calls.clear()
+    tiled_downscale(tiny, torch.rand(1, 3, 64, 48) * 2 - 1, 16, 8, 0.8, on_tile=lambda d, t: calls.append((d, t)))
+    assert calls and calls[0][0] == 0 and calls[-1][0] == calls[-1][1] == len(calls) - 1 > 1

@@ -210,17 +210,19 @@ def _generator(model, options: Options, k: int) -> torch.Generator:
     return generator
 
 
-def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optional[dict] = None) -> torch.Tensor:
+def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optional[dict] = None,
+           progress: bool = False) -> torch.Tensor:
     """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output. `conditions`: a dict
     passed with every sample of x, in which what the samples share (the image's or each tile's
-    condition: E and f_HF's condition network for SR, z_c and f_Deg's for DS) is made once."""
+    condition: E and f_HF's condition network for SR, z_c and f_Deg's for DS) is made once.
+    `progress`: a bar over the tiles of a tiled image."""
     from sdflow.tiling import _conditioned
 
     generator = _generator(model, options, k)
     with torch.inference_mode():
         tile = _tile_size(model, x, options)
         if tile is not None:
-            return _tiled(model, x, options, tile, generator, conditions)
+            return _tiled(model, x, options, tile, generator, conditions, progress)
         if options.mode == "sr":
             return model.super_resolve(x, tau=options.tau, generator=generator,
                                        **_conditioned(model, "sr", conditions, "whole", x))
@@ -255,15 +257,28 @@ def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
     return int(options.tile) or None
 
 
-def _tiled(model, x, options: Options, tile: int, generator, conditions: Optional[dict]) -> torch.Tensor:
+def _tiled(model, x, options: Options, tile: int, generator, conditions: Optional[dict],
+           progress: bool) -> torch.Tensor:
+    from tqdm import tqdm
+
     from sdflow import tiling
 
-    if options.mode == "sr":
-        pad = tiling.DEFAULT_SR_TILE_PAD if options.tile_pad is None else options.tile_pad
-        return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator, conditions=conditions)
-    pad = tiling.DEFAULT_DS_TILE_PAD if options.tile_pad is None else options.tile_pad
-    return tiling.tiled_downscale(model, x, tile, pad, options.tau, options.component, options.sampler,
-                                  generator, conditions=conditions)
+    # A large image takes minutes: a second bar, under the images' one, counts its tiles.
+    with tqdm(desc="tiles", unit="tile", leave=False, disable=not progress, file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        def on_tile(done, total):
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+
+        if options.mode == "sr":
+            pad = tiling.DEFAULT_SR_TILE_PAD if options.tile_pad is None else options.tile_pad
+            return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator, conditions=conditions,
+                                              on_tile=on_tile)
+        pad = tiling.DEFAULT_DS_TILE_PAD if options.tile_pad is None else options.tile_pad
+        return tiling.tiled_downscale(model, x, tile, pad, options.tau, options.component, options.sampler,
+                                      generator, conditions=conditions, on_tile=on_tile)
 
 
 def read_job(job: Job):
@@ -277,7 +292,7 @@ def read_job(job: Job):
 
 
 def process_file(model, job: Job, options: Options, image=None, x: Optional[torch.Tensor] = None,
-                 samples: Optional[Sequence[torch.Tensor]] = None) -> FileResult:
+                 samples: Optional[Sequence[torch.Tensor]] = None, progress: bool = False) -> FileResult:
     """Read (unless `image`, read_job's answer, is given), run every sample (unless `samples`
     holds them already, one per output) on the image's tensor (`x` when already made), write.
     Every problem becomes the result's error; samples that succeeded before a failure are kept on
@@ -296,7 +311,7 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
         try:
-            y = samples[k] if samples is not None else sample(model, x, options, k, conditions)
+            y = samples[k] if samples is not None else sample(model, x, options, k, conditions, progress)
         except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
             problems.append(f"{label}model failed ({type(e).__name__}: {e})")
             continue
@@ -416,7 +431,7 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
                         f"running its images one by one")
             for (job, image, x), ys in zip(group, samples):
                 bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
-                result = process_file(model, job, options, image, x, ys)
+                result = process_file(model, job, options, image, x, ys, progress)
                 if result.ok:
                     summary.done.append(result)
                 else:

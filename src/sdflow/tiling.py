@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import torch
 
@@ -126,15 +126,19 @@ def _conditioned(model, mode: str, conditions: Optional[dict], key, image: torch
     return {"condition": conditions[key]}
 
 
-def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, out_hw):
+def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, out_hw, on_tile=None):
     """The generic tiler: x [B,3,H,W] (H, W multiples of align), latent at x's size / latent_div,
-    run(x_tile, latent_tile, key) -> output at ratio times the tile's size; key names the tile."""
+    run(x_tile, latent_tile, key) -> output at ratio times the tile's size; key names the tile.
+    on_tile(done, total) after each tile."""
     b, _, h, w = x.shape
     ys = plan_tiles(h, tile, pad, align, min_size)
     xs = plan_tiles(w, tile, pad, align, min_size)
     wy = _window(ys, h, pad, ratio, x.device)
     wx = _window(xs, w, pad, ratio, x.device)
     out = torch.zeros(b, 3, round(h * ratio), round(w * ratio), dtype=torch.float32, device=x.device)
+    done = 0
+    if on_tile is not None:
+        on_tile(done, len(ys) * len(xs))
     for sy, wy_i in zip(ys, wy):
         for sx, wx_j in zip(xs, wx):
             xt = x[..., sy.ext0:sy.ext1, sx.ext0:sx.ext1]
@@ -148,6 +152,9 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
             region = out[..., oy:oy + yt.shape[-2], ox:ox + yt.shape[-1]]
             region.addcmul_(yt.float(), wy_i[:, None] * wx_j[None, :])
             del yt
+            done += 1
+            if on_tile is not None:
+                on_tile(done, len(ys) * len(xs))
     return out[..., :out_hw[0], :out_hw[1]]
 
 
@@ -155,14 +162,16 @@ def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
                         tile_pad: int = DEFAULT_SR_TILE_PAD, tau: float = 0.8,
                         generator: Optional[torch.Generator] = None,
                         hf_latent: Optional[torch.Tensor] = None,
-                        conditions: Optional[dict] = None) -> torch.Tensor:
+                        conditions: Optional[dict] = None,
+                        on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """`model.super_resolve(lr, tau, generator)` computed in tiles of about `tile` x `tile` LR
     pixels (None, or a tile covering the image: one call) with `tile_pad` LR pixels of context.
     The noise is the untiled call's: the same generator gives the same field.
 
     `conditions`: a dict to pass again with every sample of the same image and tiling; each
     tile's `sr_condition` (E and f_HF's condition network, most of the work) is kept there and
-    made only once, at the cost of holding them all (about 270 bytes per LR pixel in float32)."""
+    made only once, at the cost of holding them all (about 270 bytes per LR pixel in float32).
+    `on_tile(done, total)` is called after each tile (progress for large images)."""
     _check_image(lr, "lr")
     h, w = lr.shape[-2:]
     if tile is not None and tile < MIN_SR_TILE:
@@ -179,19 +188,21 @@ def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
         def run(xt, lt, key):
             return model.super_resolve(xt, tau=0.0, hf_latent=lt, **_conditioned(model, "sr", conditions, key, xt))
 
-        return _run_tiled(lr, hf_latent, 1, SCALE, tile, tile_pad, 1, MIN_LR_SIDE, run, (SCALE * h, SCALE * w))
+        return _run_tiled(lr, hf_latent, 1, SCALE, tile, tile_pad, 1, MIN_LR_SIDE, run, (SCALE * h, SCALE * w),
+                          on_tile)
 
 
 def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pad: int = DEFAULT_DS_TILE_PAD,
                     tau: float = 0.8, component: Optional[Union[int, Sequence[int]]] = None,
                     sampler: str = "image", generator: Optional[torch.Generator] = None,
-                    deg_latent: Optional[torch.Tensor] = None, conditions: Optional[dict] = None) -> torch.Tensor:
+                    deg_latent: Optional[torch.Tensor] = None, conditions: Optional[dict] = None,
+                    on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
     """`model.downscale(hr, tau, component, sampler, generator=generator)` computed in tiles of
     about `tile` x `tile` HR pixels (None, or a tile covering the image: one call) with
     `tile_pad` HR pixels of context. Both are rounded to multiples of 8 (tile down, at least 16;
     tile_pad up). The degradation latent is the untiled call's: the same generator gives the same
     field, and with sampler "image" one mixture component for the whole image. `conditions`:
-    as in `tiled_super_resolve` (each tile's `ds_condition` made once)."""
+    as in `tiled_super_resolve` (each tile's `ds_condition` made once); `on_tile` too."""
     _check_image(hr, "hr")
     h, w = hr.shape[-2:]
     if tile is not None and tile < MIN_DS_TILE:
@@ -213,7 +224,7 @@ def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pa
             return model.downscale(xt, deg_latent=lt, **_conditioned(model, "ds", conditions, key, xt))
 
         return _run_tiled(padded, deg_latent, HR_MULTIPLE, 1 / SCALE, tile, tile_pad, HR_MULTIPLE, MIN_HR_SIDE,
-                          run, (math.ceil(h / SCALE), math.ceil(w / SCALE)))
+                          run, (math.ceil(h / SCALE), math.ceil(w / SCALE)), on_tile)
 
 
 # ----- choosing the tile size -------------------------------------------------------------
