@@ -492,3 +492,26 @@ def test_a_tiled_image_shows_its_tiles(tmp_path, tiny_model_path, capsys):
     assert "tiles" in err and "0/4" in err  # the second bar, over 2 x 2 tiles
     assert sdflow(*args, "-q", "-o", tmp_path / "q") == 0
     assert "tiles" not in capsys.readouterr().err
+
+
+def test_skip_existing_resumes_an_interrupted_run(tmp_path, tiny_model_path, capsys):
+    for name in ("a", "b", "c"):
+        save(tmp_path / "in" / f"{name}.png", 8, 8, seed=ord(name))
+    args = ["sr", "-q", "-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path, "--samples", "2"]
+    assert sdflow(*args) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert len(first) == 6
+    # As if interrupted: c never done, b's second sample missing; a's files marked to see they stay.
+    for name in ("c_sr_0.png", "c_sr_1.png", "b_sr_1.png"):
+        (tmp_path / "out" / name).unlink()
+    (tmp_path / "out" / "a_sr_0.png").write_bytes(b"kept")
+    capsys.readouterr()
+    assert sdflow(*args, "--skip-existing") == 0
+    out = capsys.readouterr().out
+    assert "2 of 3 image(s) done, 3 file(s) written, 1 skipped (outputs already there)" in out
+    now = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert now["a_sr_0.png"] == b"kept"                     # not made again
+    assert {k: v for k, v in now.items() if k != "a_sr_0.png"} == {k: v for k, v in first.items() if k != "a_sr_0.png"}
+    # Without the flag everything is made again.
+    assert sdflow(*args) == 0
+    assert (tmp_path / "out" / "a_sr_0.png").read_bytes() == first["a_sr_0.png"]

@@ -64,6 +64,7 @@ class Options:
     tile_pad: Optional[int] = None     # context around each tile (None: tiling's defaults)
     workers: int = 0                   # threads decoding the next images while one computes
     batch_size: int = 1                # consecutive same-size, untiled images run together
+    skip_existing: bool = False        # outputs already on disk are kept, not made again (resume)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -123,6 +124,7 @@ class FileResult:
 class Summary:
     done: List[FileResult] = field(default_factory=list)
     failed: List[FileResult] = field(default_factory=list)
+    skipped: List[Path] = field(default_factory=list)   # inputs whose outputs were all there already
 
     @property
     def ok(self) -> bool:
@@ -133,8 +135,9 @@ class Summary:
         return [p for r in self.done + self.failed for p in r.outputs]
 
     def report(self) -> str:
-        total = len(self.done) + len(self.failed)
-        lines = [f"{len(self.done)} of {total} image(s) done, {len(self.written)} file(s) written"]
+        total = len(self.done) + len(self.failed) + len(self.skipped)
+        lines = [f"{len(self.done)} of {total} image(s) done, {len(self.written)} file(s) written"
+                 + (f", {len(self.skipped)} skipped (outputs already there)" if self.skipped else "")]
         if self.failed:
             lines.append(f"{len(self.failed)} failed:")
             lines += [f"  {r.source}: {r.error}" for r in self.failed]
@@ -310,6 +313,8 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
     conditions = _shared_conditions(model, x, options, len(job.outputs)) if samples is None else None
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
+        if options.skip_existing and out.is_file():
+            continue  # written atomically by an earlier run, so complete
         try:
             y = samples[k] if samples is not None else sample(model, x, options, k, conditions, progress)
         except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
@@ -417,6 +422,11 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
     _check_components(model, options)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     summary = Summary()
+    if options.skip_existing:
+        # A resumed run: images with every output on disk are not even read.
+        summary.skipped = [j.source for j in jobs if j.error is None and all(p.is_file() for p in j.outputs)]
+        done = set(summary.skipped)
+        jobs = [j for j in jobs if j.source not in done]
     with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers) as images:
         for group in _groups(model, jobs, images, options):

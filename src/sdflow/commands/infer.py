@@ -77,6 +77,9 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                    help="run up to N consecutive same-size images together when they need no "
                         "tiling; each keeps its own noise, so the files match one-at-a-time runs up "
                         "to float rounding. Pays off on a GPU with many small images (default: 1)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep outputs that are already there (files are written atomically, so they are "
+                        "complete) and make only the missing ones: resumes an interrupted run")
     p.add_argument("--suffix", default=None,
                    help=f"added to output names as <stem>_<suffix> (default: {mode}; '' for none)")
     p.add_argument("--ext", choices=("auto", "png", "jpg"), default="auto",
@@ -174,7 +177,8 @@ def run(args) -> int:
                           suffix=args.suffix, ext=args.ext,
                           component=getattr(args, "component", None),
                           sampler=getattr(args, "sampler", "image"), tile=args.tile,
-                          tile_pad=args.tile_pad, workers=args.workers, batch_size=args.batch_size)
+                          tile_pad=args.tile_pad, workers=args.workers, batch_size=args.batch_size,
+                          skip_existing=args.skip_existing)
         # Inputs first: a typo in -i should not cost a model load.
         jobs = plan(args.input, args.output, options)
     except InferenceError as e:
