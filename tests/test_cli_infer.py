@@ -515,3 +515,36 @@ def test_skip_existing_resumes_an_interrupted_run(tmp_path, tiny_model_path, cap
     # Without the flag everything is made again.
     assert sdflow(*args) == 0
     assert (tmp_path / "out" / "a_sr_0.png").read_bytes() == first["a_sr_0.png"]
+
+
+def test_outscale_resizes_the_x4_result(tmp_path, tiny_model_path, capsys):
+    from sdflow.resize import resize
+
+    src = save(tmp_path / "a.png", 10, 7)
+    rgba = save(tmp_path / "b.png", 10, 7, mode="RGBA")
+    base = ["sr", "-q", "-i", src, "--model", tiny_model_path, "--seed", "2"]
+    assert sdflow(*base, "-o", tmp_path / "x4") == 0
+    for s, size in (("2", (20, 14)), ("3.5", (35, 24)), ("4", (40, 28))):  # save() takes (h, w)
+        assert sdflow(*base, "-o", tmp_path / s, "--outscale", s) == 0
+        out = np.asarray(PILImage.open(tmp_path / s / "a_sr.png"), dtype=float)
+        assert out.shape[:2] == size
+    # x2 is the same x4 sample (seed 2, sample 0), resized (antialiased) before rounding to 8 bits.
+    import sdflow as sd
+    from sdflow.imageio import from_tensor, read_image, to_tensor
+
+    y = FastSDFlow(sd.load(tiny_model_path)).super_resolve(to_tensor(read_image(src).rgb), 0.8,
+                                                           torch.Generator().manual_seed(2))
+    ref = np.clip(np.round(from_tensor(resize(y, (20, 14), "bicubic")) * 255), 0, 255)  # clamped when written
+    x2 = np.asarray(PILImage.open(tmp_path / "2" / "a_sr.png"), dtype=float)
+    assert np.abs(x2 - ref).max() <= 1
+    x4 = np.asarray(PILImage.open(tmp_path / "x4" / "a_sr.png"), dtype=float)
+    assert np.abs(x4 - np.clip(np.round(from_tensor(y) * 255), 0, 255)).max() <= 1
+    assert not np.array_equal(x4[::2, ::2], x2)
+    assert sdflow("sr", "-q", "-i", rgba, "-o", tmp_path / "rgba", "--model", tiny_model_path, "--outscale", "2") == 0
+    img = PILImage.open(tmp_path / "rgba" / "b_sr.png")
+    assert img.mode == "RGBA" and img.size == (14, 20)  # PIL: (w, h)
+    for mode, value in (("sr", "0"), ("sr", "-2"), ("ds", "2")):  # ds always gives ceil(H/4) x ceil(W/4)
+        with pytest.raises(SystemExit) as e:
+            sdflow(mode, "-q", "-i", src, "-o", tmp_path / "bad", "--model", tiny_model_path, "--outscale", value)
+        assert e.value.code == 2
+    assert not (tmp_path / "bad").exists()

@@ -34,6 +34,7 @@ import torch
 
 from sdflow.imageio import (ImageReadError, downscale_alpha, find_images, from_tensor, read_image,
                             to_tensor, upscale_alpha, write_image)
+from sdflow.resize import resize
 
 __all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_extension",
            "output_names", "plan", "sample", "process_file", "run", "run_batch"]
@@ -65,6 +66,7 @@ class Options:
     workers: int = 0                   # threads decoding the next images while one computes
     batch_size: int = 1                # consecutive same-size, untiled images run together
     skip_existing: bool = False        # outputs already on disk are kept, not made again (resume)
+    outscale: Optional[float] = None   # sr: final scale against the input (None: the model's x4)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -89,6 +91,11 @@ class Options:
             raise InferenceError(f"workers must be a whole number >= 0, got {self.workers!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
             raise InferenceError(f"batch_size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.outscale is not None:
+            if self.mode != "sr":
+                raise InferenceError("outscale is for sr only (ds always gives ceil(H/4) x ceil(W/4))")
+            if not (isinstance(self.outscale, (int, float)) and math.isfinite(self.outscale) and self.outscale > 0):
+                raise InferenceError(f"outscale must be a finite number > 0, got {self.outscale!r}")
         if isinstance(self.component, int):
             self.component = [self.component]
         if self.component is not None:
@@ -233,6 +240,14 @@ def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optiona
                                generator=generator, **_conditioned(model, "ds", conditions, "whole", x))
 
 
+def _output_size(image, options: Options) -> Optional[tuple]:
+    """(h, w) that --outscale resizes the x4 SR output to, or None to keep it."""
+    if options.mode != "sr" or options.outscale is None or options.outscale == SCALE:
+        return None
+    h, w = image.rgb.shape[:2]
+    return max(1, round(h * options.outscale)), max(1, round(w * options.outscale))
+
+
 def _shared_conditions(model, x: torch.Tensor, options: Options, n: int, images: int = 1) -> Optional[dict]:
     """An empty dict in which the n samples of x (or of `images` images of x's size) keep what they
     share, made with the first sample and reused by the others; None for one sample, or when the
@@ -328,10 +343,15 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
             problems.append(f"{label}model output is not finite ({nan} NaN, "
                             f"{int((~finite).sum()) - nan} Inf values); try a lower --tau")
             continue
+        size = _output_size(image, options)
+        if size is not None:
+            y = resize(y, size, "bicubic")
         rgb = from_tensor(y)
         if image.alpha is not None and alpha is None:
             alpha = (upscale_alpha(image.alpha, SCALE) if options.mode == "sr"
                      else downscale_alpha(image.alpha, SCALE))
+            if size is not None:
+                alpha = resize(torch.from_numpy(alpha)[None, None], size, "bicubic")[0, 0].clamp_(0, 1).numpy()
         try:
             write_image(out, rgb, alpha=alpha, grayscale=image.grayscale, bit_depth=image.bit_depth)
         except (OSError, ValueError) as e:

@@ -30,6 +30,10 @@ def register(sub) -> None:
         description="Super-resolve images x4 with SDFlow, sampling --samples outputs per image at "
                     "temperature --tau. Writes OUT/<sub-folder>/<stem>_<suffix>[_<k>].<ext>.")
     _add_common(sr, "sr")
+    sr.add_argument("--outscale", "-s", type=_positive_float, default=None, metavar="S",
+                    help="final scale of the output against the input, e.g. 2 or 3.5: the x4 result "
+                         "resized by bicubic (antialiased when shrinking) to round(S x input size) "
+                         "(default: 4, no resize)")
     sr.set_defaults(func=run, mode="sr")
 
     ds = sub.add_parser(
@@ -109,6 +113,13 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -178,7 +189,7 @@ def run(args) -> int:
                           component=getattr(args, "component", None),
                           sampler=getattr(args, "sampler", "image"), tile=args.tile,
                           tile_pad=args.tile_pad, workers=args.workers, batch_size=args.batch_size,
-                          skip_existing=args.skip_existing)
+                          skip_existing=args.skip_existing, outscale=getattr(args, "outscale", None))
         # Inputs first: a typo in -i should not cost a model load.
         jobs = plan(args.input, args.output, options)
     except InferenceError as e:
