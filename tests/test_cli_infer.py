@@ -200,6 +200,9 @@ def test_usage_errors_exit_2(tmp_path, tiny_model_path, capsys):
     err = capsys.readouterr().err
     assert "missing.png" in err and "no image files" in err and "no.safetensors" in err
     assert "99" in err and "overwrite" in err and "not a folder" in err
+    assert sdflow("sr", "-i", a, *common, "--tile", "4") == 2  # below the smallest SR tile
+    assert sdflow("ds", "-i", a, *common, "--tile", "8") == 2
+    assert "at least 8" in capsys.readouterr().err
     for bad in (["--samples", "0"], ["--tau", "-1"], ["--tau", "nan"], ["--seed", "x"]):
         with pytest.raises(SystemExit) as e:
             sdflow("sr", "-i", a, *common, *bad)

@@ -85,6 +85,13 @@ class Options:
             raise InferenceError(f"suffix must not contain path separators, got {self.suffix!r}")
         if self.tile != "auto" and (int(self.tile) != self.tile or self.tile < 0):
             raise InferenceError(f"tile must be 'auto' or a whole number >= 0, got {self.tile!r}")
+        if self.tile != "auto" and self.tile:
+            from sdflow.tiling import MIN_DS_TILE, MIN_SR_TILE
+
+            least = MIN_SR_TILE if self.mode == "sr" else MIN_DS_TILE
+            if self.tile < least:
+                raise InferenceError(f"tile must be 0 (no tiling) or at least {least} input pixels for "
+                                     f"{self.mode}, got {self.tile}")
         if self.tile_pad is not None and (int(self.tile_pad) != self.tile_pad or self.tile_pad < 0):
             raise InferenceError(f"tile_pad must be a whole number >= 0, got {self.tile_pad!r}")
         if int(self.workers) != self.workers or self.workers < 0:
