@@ -209,3 +209,21 @@ def test_couplings_in_row_bands_give_the_whole_images_result(tiny, monkeypatch):
     # A wrong context (no row of overlap) would not pass: the check can fail.
     monkeypatch.setattr(fast_module._AffineNet, "rows", lambda self, x, r0, r1: self(x[..., r0:r1 + 2, :]))
     assert rel_err(fast.super_resolve(lr, 0.8, seeded(1)), whole[0]) > 1e-4
+
+
+def test_float32_means_float32_on_cuda_too():
+    """cuDNN's TF32 default is turned off around the fast path's calls and restored after (the
+    flags can be set and read without a GPU; on a CPU device nothing changes)."""
+    from sdflow.fast import ieee_float32
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"
+        with ieee_float32(torch.device("cuda")):
+            assert conv.fp32_precision == "ieee"
+        assert conv.fp32_precision == "tf32"
+        with ieee_float32(torch.device("cpu")):
+            assert conv.fp32_precision == "tf32"
+    finally:
+        conv.fp32_precision = before

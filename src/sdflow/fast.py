@@ -27,6 +27,8 @@ these exact rewrites:
 - Activations are updated in place where the input is no longer needed.
 - Unconditional couplings (f_HR, f_LR) run in bands of rows (`BAND_BYTES`), each band's nets on
   its rows plus one row of context per side; the coupling leaves za alone, so this is exact.
+- On CUDA, cuDNN's default TF32 arithmetic for float32 convolutions is off during the calls
+  (`ieee_float32`): TF32 would cost ~1e-3 relative error, far above the float rounding above.
 - Channels-last memory format (`channels_last`, default on CPU and CUDA): oneDNN's 3x3
   convolutions run faster on NHWC tensors. On the 2-core CPU of docs/performance.md this is
   most of the gain.
@@ -44,6 +46,8 @@ docs/performance.md.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import Optional, Sequence, Union
 
@@ -419,6 +423,41 @@ def _content_program(flow: HRFlow, spec: _Spec) -> _Program:
 
 # ----- the model -------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def ieee_float32(device: torch.device):
+    """Float32 convolutions computed as float32 on `device` while the block runs. cuDNN runs them
+    as TF32 by default on Ampere and newer GPUs (10-bit mantissas, ~1e-3 relative error, which
+    the flow inversions carry into the image); the fast path promises the model's float32
+    results, so its calls turn TF32 off and restore the setting after. Nothing to do elsewhere."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        # The newer API; reading the legacy flag after it has been used raises, so only this one.
+        old = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = old
+    else:
+        old = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = old
+
+
+def _ieee(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with ieee_float32(self.device):
+            return method(self, *args, **kwargs)
+    return call
+
+
 class FastSDFlow:
     """Inference-only fused copy of an `SDFlow`; `super_resolve` and `downscale` take the same
     arguments as the model's and give the same results (see the module docstring)."""
@@ -472,14 +511,17 @@ class FastSDFlow:
     def _net_input(self, x):
         return x.to(self.net_dtype).contiguous(memory_format=self.memory_format)
 
+    @_ieee
     def content(self, lr: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.extractor(lr.to(torch.float32).contiguous(memory_format=self.memory_format))
 
+    @_ieee
     def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.hr_content_program(hr)
 
+    @_ieee
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8, generator: Optional[torch.Generator] = None,
                       hf_latent: Optional[torch.Tensor] = None, condition: Optional[Condition] = None) -> torch.Tensor:
         _check_image(lr, "lr")
@@ -494,6 +536,7 @@ class FastSDFlow:
             y = self.hr_inverse(torch.cat([z_c, z_h], 1))
             return y[..., :SCALE * h, :SCALE * w].contiguous()
 
+    @_ieee
     def sr_condition(self, lr: torch.Tensor) -> Condition:
         """`SDFlow.sr_condition`, in this copy's own format."""
         _check_image(lr, "lr")
@@ -502,6 +545,7 @@ class FastSDFlow:
             z_c = self.content(_pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE)))
             return Condition("sr", tuple(lr.shape), z_c, self.hf_cond(self._net_input(z_c)), id(self))
 
+    @_ieee
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
                   component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
                   deg_latent: Optional[torch.Tensor] = None,
@@ -519,6 +563,7 @@ class FastSDFlow:
             x = self.lr_inverse(z_d.add_(z_c))
             return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)].contiguous()
 
+    @_ieee
     def ds_condition(self, hr: torch.Tensor) -> Condition:
         """`SDFlow.ds_condition`, in this copy's own format."""
         _check_image(hr, "hr")
