@@ -112,6 +112,25 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _timed(device, f) -> float:
+    """Seconds one call of f takes, the device's queued work included."""
+    _sync(device)
+    t = time.perf_counter()
+    f()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def _interleaved(device, runs: dict, repeats: int) -> dict:
+    """{name: [seconds per round]}: each round calls every run once, in turn, so that load from
+    other work on shared cores falls on all of them alike."""
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, f in runs.items():
+            times[k].append(_timed(device, f))
+    return times
+
+
 def _image(task, side, device):
     import torch
 
@@ -143,11 +162,7 @@ def speed(device, repeats, sr_sizes, ds_sizes, fp16_all):
                 for p in paths:
                     if p == "fast-fp16" and device == "cpu" and times[p]:
                         continue  # one timing is enough to show it is slow on a CPU
-                    _sync(device)
-                    t = time.perf_counter()
-                    runners[p](task, x, 0.8)
-                    _sync(device)
-                    times[p].append(time.perf_counter() - t)
+                    times[p].append(_timed(device, lambda: runners[p](task, x, 0.8)))
             base = statistics.median(times["authors"])
             for p in paths:
                 med = statistics.median(times[p])
@@ -351,12 +366,9 @@ def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
                     times = []
                     for r in range(repeats + 1):  # round 0 warms up; outputs go to fresh folders
                         jobs = plan(src, Path(tmp) / f"out_{task}_{b}_{r}", opts)
-                        _sync(device)
-                        t0 = time.perf_counter()
-                        summary = run(fast, jobs, opts, progress=False)
-                        _sync(device)
-                        times.append(time.perf_counter() - t0)
-                        assert summary.ok, summary.report()
+                        summaries = []
+                        times.append(_timed(device, lambda: summaries.append(run(fast, jobs, opts, progress=False))))
+                        assert summaries[0].ok, summaries[0].report()
                     rates.append(count / statistics.median(times[1:]))
                 print(f"{name:16s} {task:4s}  {side}x{side:<5d} " + "  ".join(f"{v:6.1f}" for v in rates))
 
@@ -380,29 +392,21 @@ def samples(device, repeats, sr_side, ds_side, n=4):
         x = _image(task, side, device)
         gens = lambda: [torch.Generator(device).manual_seed(k) for k in range(n)]  # noqa: E731
         if task == "sr":
-            def shared():
-                c = fast.sr_condition(x)
-                return [fast.super_resolve(x, 0.8, g, condition=c) for g in gens()]
-            runs = {"authors (N calls)": lambda: [authors.super_resolve(x, 0.8) for _ in range(n)],
-                    "fast-fp32 (N calls)": lambda: [fast.super_resolve(x, 0.8, g) for g in gens()],
-                    "fast-fp32 (shared)": shared}
+            one, make = (lambda g, c=None: fast.super_resolve(x, 0.8, g, condition=c)), fast.sr_condition
+            theirs = lambda: authors.super_resolve(x, 0.8)  # noqa: E731
         else:
-            def shared():
-                c = fast.ds_condition(x)
-                return [fast.downscale(x, 0.8, generator=g, condition=c) for g in gens()]
-            runs = {"authors (N calls)": lambda: [authors.downscale(x, 0.8) for _ in range(n)],
-                    "fast-fp32 (N calls)": lambda: [fast.downscale(x, 0.8, generator=g) for g in gens()],
-                    "fast-fp32 (shared)": shared}
+            one, make = (lambda g, c=None: fast.downscale(x, 0.8, generator=g, condition=c)), fast.ds_condition
+            theirs = lambda: authors.downscale(x, 0.8)  # noqa: E731
+
+        def shared():
+            c = make(x)
+            return [one(g, c) for g in gens()]
+        runs = {"authors (N calls)": lambda: [theirs() for _ in range(n)],
+                "fast-fp32 (N calls)": lambda: [one(g) for g in gens()],
+                "fast-fp32 (shared)": shared}
         a, b = runs["fast-fp32 (N calls)"](), runs["fast-fp32 (shared)"]()
         assert all(torch.equal(u, v) for u, v in zip(a, b)), "sharing the condition changed a sample"
-        times = {k: [] for k in runs}
-        for _ in range(repeats):
-            for k, f in runs.items():
-                _sync(device)
-                t = time.perf_counter()
-                f()
-                _sync(device)
-                times[k].append(time.perf_counter() - t)
+        times = _interleaved(device, runs, repeats)
         base = statistics.median(times["authors (N calls)"])
         for k in runs:
             med = statistics.median(times[k])
@@ -432,13 +436,7 @@ def floor(device, repeats, sr_side, ds_side):
             x = torch.randn(1, cin, sr_side, sr_side, device=device).contiguous(memory_format=fmt)
             w = torch.randn(cout, cin, 3, 3, device=device).contiguous(memory_format=fmt)
             flops = 2 * cin * cout * 9 * sr_side * sr_side
-            ts = []
-            for _ in range(max(repeats, 3) + 2):
-                _sync(device)
-                t = time.perf_counter()
-                F.conv2d(x, w, padding=1)
-                _sync(device)
-                ts.append(time.perf_counter() - t)
+            ts = [_timed(device, lambda: F.conv2d(x, w, padding=1)) for _ in range(max(repeats, 3) + 2)]
             best = max(best, flops / min(ts[2:]) / 1e9)
     print(f"\n## float32 floor ({device}, {torch.get_num_threads()} threads; {source})")
     print(f"best float32 3x3 convolution rate on the model's shapes: {best:.0f} GFLOP/s")
@@ -452,16 +450,9 @@ def floor(device, repeats, sr_side, ds_side):
         with counter:
             fast_run()
         conv = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op)) / 1e9
-        t_auth, t_fast = [], []
-        for _ in range(repeats):
-            for f, ts in ((auth_run, t_auth), (fast_run, t_fast)):
-                _sync(device)
-                t = time.perf_counter()
-                f()
-                _sync(device)
-                ts.append(time.perf_counter() - t)
+        times = _interleaved(device, {"authors": auth_run, "fast": fast_run}, repeats)
         lower = conv / best
-        a, f = statistics.median(t_auth), statistics.median(t_fast)
+        a, f = statistics.median(times["authors"]), statistics.median(times["fast"])
         print(f"{task:<4} {f'{side}x{side}':>9} {conv:10.1f} {lower:8.2f} {a:9.2f} {f:7.2f} {a / lower:11.2f}x "
               f"{a / f:7.2f}x")
 

@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow, SqueezeLevel
 from sdflow.flows.layers import (ActNorm, AffineCoupling, AffineInjector, Expand, FlowSequence, FlowStep,
                                  InvConv1x1, Squeeze)
-from sdflow.model import (CONTENT_CHANNELS, MIN_LR_SIDE, SCALE, Condition, SDFlow, _check_image, _check_latent,
-                          _checked, _pad_to, deg_latent_shape, hf_latent_shape, padded_hr_size)
+from sdflow.model import (CONTENT_CHANNELS, SCALE, Condition, SDFlow, _check_image, _check_latent, _checked,
+                          deg_latent_shape, hf_latent_shape, padded_hr, padded_lr)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -540,9 +540,8 @@ class FastSDFlow:
     def sr_condition(self, lr: torch.Tensor) -> Condition:
         """`SDFlow.sr_condition`, in this copy's own format."""
         _check_image(lr, "lr")
-        h, w = lr.shape[-2:]
         with torch.inference_mode():
-            z_c = self.content(_pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE)))
+            z_c = self.content(padded_lr(lr))
             return Condition("sr", tuple(lr.shape), z_c, self.hf_cond(self._net_input(z_c)), id(self))
 
     @_ieee
@@ -568,7 +567,7 @@ class FastSDFlow:
         """`SDFlow.ds_condition`, in this copy's own format."""
         _check_image(hr, "hr")
         with torch.inference_mode():
-            z_c = self.hr_content_program(_pad_to(hr, *padded_hr_size(*hr.shape[-2:])))
+            z_c = self.hr_content_program(padded_hr(hr))
             return Condition("ds", tuple(hr.shape), z_c, self.deg_cond(self._net_input(z_c)), id(self))
 
     def __repr__(self) -> str:

@@ -333,6 +333,7 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
     problems = []
     alpha = None
     conditions = _shared_conditions(model, x, options, len(job.outputs)) if samples is None else None
+    size = _output_size(image, options)
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
         if options.skip_existing and out.is_file():
@@ -350,7 +351,6 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
             problems.append(f"{label}model output is not finite ({nan} NaN, "
                             f"{int((~finite).sum()) - nan} Inf values); try a lower --tau")
             continue
-        size = _output_size(image, options)
         if size is not None:
             y = resize(y, size, "bicubic")
         rgb = from_tensor(y)

@@ -116,9 +116,7 @@ class SDFlow(nn.Module):
         """What every SR sample of `lr` shares: z_c = E(lr) and f_HF's condition network on it,
         most of an SR call's work; pass it to `super_resolve(lr, ..., condition=c)` for each sample."""
         _check_image(lr, "lr")
-        h, w = lr.shape[-2:]
-        # Reflect padding inside the networks needs at least 2 pixels per side.
-        z_c = self.content(_pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE)))
+        z_c = self.content(padded_lr(lr))
         return Condition("sr", tuple(lr.shape), z_c, self.f_hf.condition(z_c), id(self))
 
     def sample_hf_latent(self, lr: torch.Tensor, tau: float = 0.8,
@@ -168,7 +166,7 @@ class SDFlow(nn.Module):
         """What every DS sample of `hr` shares: z_c of f_HR(hr) and f_Deg's condition network on
         it, most of a DS call's work; pass it to `downscale(hr, ..., condition=c)` for each sample."""
         _check_image(hr, "hr")
-        z_c = self.hr_content(_pad_to(hr, *padded_hr_size(*hr.shape[-2:])))
+        z_c = self.hr_content(padded_hr(hr))
         return Condition("ds", tuple(hr.shape), z_c, self.f_deg.condition(z_c), id(self))
 
     def fuse_for_inference(self, precision: str = "fp32", channels_last: Optional[bool] = None):
@@ -202,6 +200,18 @@ def _checked(condition: Optional[Condition], model, mode: str, image: torch.Tens
         raise ValueError(f"this condition was made for an image of shape {condition.shape}, "
                          f"not {tuple(image.shape)}")
     return condition
+
+
+def padded_lr(lr: torch.Tensor) -> torch.Tensor:
+    """`lr` padded (edge replication) to the 2 pixels per side that reflect padding inside the
+    networks needs; itself when it has them."""
+    h, w = lr.shape[-2:]
+    return _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
+
+
+def padded_hr(hr: torch.Tensor) -> torch.Tensor:
+    """`hr` padded (edge replication) as `downscale` pads it: see `padded_hr_size`."""
+    return _pad_to(hr, *padded_hr_size(*hr.shape[-2:]))
 
 
 def padded_hr_size(h: int, w: int):

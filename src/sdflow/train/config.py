@@ -156,6 +156,12 @@ class DebugConfig:
     interrupt_after_step: int = 0
 
 
+def hf_levels_min_side(levels: int) -> int:
+    """The smallest image side that `objective.hf_distribution_l1` with `levels` scales takes:
+    each level halves the side, and the 3x3 high-pass of the last needs 3 pixels."""
+    return 3 * 2 ** (levels - 1)
+
+
 @dataclass
 class TrainConfig:
     model: Dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
@@ -241,7 +247,7 @@ class TrainConfig:
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
         levels = self.loss.ds_hf_levels
-        if levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < 3 * 2 ** (levels - 1)):
+        if levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < hf_levels_min_side(levels)):
             raise ValueError(f"loss.ds_hf_levels ({levels}) must be >= 1 and fit data.lr_patch "
                              f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
         if len(self.optim.betas) != 2:

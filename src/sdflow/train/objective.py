@@ -26,6 +26,7 @@ from torch.func import functional_call
 from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow
 from sdflow.nets.discriminators import VGG19Features, perceptual_distance
 from sdflow.resize import downscale, gaussian_blur
+from sdflow.train.config import hf_levels_min_side
 from sdflow.train.config import LossConfig
 
 EIGHT_BIT_STEP = 2.0 / 255.0  # one 8-bit level of an image scaled to [-1, 1]
@@ -90,7 +91,7 @@ def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1) 
             fake, real = F.avg_pool2d(fake, 2), F.avg_pool2d(real, 2)
             if min(fake.shape[-2:]) < 3:
                 raise ValueError(f"hf_distribution_l1: {levels} levels need images of at least "
-                                 f"{3 * 2 ** (levels - 1)} pixels a side")
+                                 f"{hf_levels_min_side(levels)} pixels a side")
         a, b = high_pass_energy(fake), high_pass_energy(real)
         total = total + (a.sort(dim=0).values - b.sort(dim=0).values).abs().mean()
     return total / levels
