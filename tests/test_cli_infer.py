@@ -546,6 +546,10 @@ def test_outscale_resizes_the_x4_result(tmp_path, tiny_model_path, capsys):
     assert sdflow("sr", "-q", "-i", rgba, "-o", tmp_path / "rgba", "--model", tiny_model_path, "--outscale", "2") == 0
     img = PILImage.open(tmp_path / "rgba" / "b_sr.png")
     assert img.mode == "RGBA" and img.size == (14, 20)  # PIL: (w, h)
+    # Its alpha is the input's, resized once to the output size (not x4 and then again).
+    a_in = torch.from_numpy(np.asarray(PILImage.open(rgba), dtype=np.float32)[..., 3] / 255)[None, None]
+    a_ref = np.round(resize(a_in, (20, 14), "bicubic")[0, 0].clamp(0, 1).numpy() * 255)
+    assert np.abs(np.asarray(img, dtype=float)[..., 3] - a_ref).max() <= 1
     for mode, value in (("sr", "0"), ("sr", "-2"), ("ds", "2")):  # ds always gives ceil(H/4) x ceil(W/4)
         with pytest.raises(SystemExit) as e:
             sdflow(mode, "-q", "-i", src, "-o", tmp_path / "bad", "--model", tiny_model_path, "--outscale", value)

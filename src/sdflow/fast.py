@@ -309,7 +309,8 @@ class _Coupling:
         # The couplings leave za alone, so zb can be updated band by band from za.
         inp = za_padded.to(ctx.dtype)
         height = z.shape[-2]
-        rows = max(BAND_MIN_ROWS, BAND_BYTES // (z.shape[-1] * self.net.hidden * 4))
+        row_bytes = z.shape[0] * z.shape[-1] * self.net.hidden * ctx.dtype.itemsize
+        rows = max(BAND_MIN_ROWS, BAND_BYTES // row_bytes)
         for r0 in range(0, height, rows):
             r1 = min(r0 + rows, height)
             self._update(z[:, self.split:, r0:r1], *self.net.rows(inp, r0, r1))

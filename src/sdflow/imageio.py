@@ -462,14 +462,16 @@ def from_tensor(t) -> np.ndarray:
     return ((t.detach().cpu() + 1) / 2).permute(1, 2, 0).numpy()
 
 
-def upscale_alpha(alpha: np.ndarray, factor: int = 4) -> np.ndarray:
-    """Alpha for an x`factor` super-resolved image: bicubic, clamped to [0, 1]."""
+def upscale_alpha(alpha: np.ndarray, factor: int = 4, size: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """Alpha for an x`factor` super-resolved image, or for one resized to `size` = (h, w) (SR with
+    --outscale; one resize straight from the input's alpha): bicubic, clamped to [0, 1]."""
     import torch
 
-    from sdflow.resize import upscale
+    from sdflow.resize import resize, upscale
 
     a = torch.from_numpy(np.ascontiguousarray(alpha, dtype=np.float32))[None, None]
-    return upscale(a, factor, "bicubic")[0, 0].clamp_(0, 1).numpy()
+    a = upscale(a, factor, "bicubic") if size is None else resize(a, size, "bicubic")
+    return a[0, 0].clamp_(0, 1).numpy()
 
 
 def downscale_alpha(alpha: np.ndarray, factor: int = 4) -> np.ndarray:

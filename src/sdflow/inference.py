@@ -355,10 +355,8 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
             y = resize(y, size, "bicubic")
         rgb = from_tensor(y)
         if image.alpha is not None and alpha is None:
-            alpha = (upscale_alpha(image.alpha, SCALE) if options.mode == "sr"
+            alpha = (upscale_alpha(image.alpha, SCALE, size) if options.mode == "sr"
                      else downscale_alpha(image.alpha, SCALE))
-            if size is not None:
-                alpha = resize(torch.from_numpy(alpha)[None, None], size, "bicubic")[0, 0].clamp_(0, 1).numpy()
         try:
             write_image(out, rgb, alpha=alpha, grayscale=image.grayscale, bit_depth=image.bit_depth)
         except (OSError, ValueError) as e:
