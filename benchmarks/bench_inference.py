@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURE = REPO.parent / "shared" / "fixtures" / "official_parity.pt"
+FIXTURE = Path(os.environ.get("SDFLOW_PARITY_FIXTURE") or REPO.parent / "shared" / "fixtures" / "official_parity.pt")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PATHS = ["authors", "model", "fast-fp32", "fast-bf16", "fast-fp16"]

@@ -1,5 +1,4 @@
 """The fused inference path (sdflow.fast) gives the model's results, and the latent hooks."""
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,7 +8,7 @@ from sdflow.config import ModelConfig
 from sdflow.fast import FastSDFlow, _content_program, _Program, _Spec, prepare
 from sdflow.model import SDFlow
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_parity.pt"
+from test_parity import FIXTURE
 
 
 def perturbed(preset="tiny", seed=0):

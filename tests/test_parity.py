@@ -1,4 +1,5 @@
 """The model reproduces the authors' released code (fixture made with their modules, float64)."""
+import os
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,10 @@ import torch
 import sdflow
 from sdflow.model import HF_CHANNELS
 
-FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_parity.pt"
+# Beside the project; SDFLOW_PARITY_FIXTURE points elsewhere (a device machine, where ../shared is
+# not copied: benchmarks/device_check.sh).
+FIXTURE = Path(os.environ.get("SDFLOW_PARITY_FIXTURE")
+               or Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official_parity.pt")
 pytestmark = pytest.mark.skipif(not FIXTURE.is_file(),
                                 reason=f"parity fixture not found at {FIXTURE} (it lives beside the project)")
 
