@@ -230,6 +230,23 @@ def test_device_choice(monkeypatch):
     assert infer_cmd.resolve_device("auto").type == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert infer_cmd.resolve_device("auto").type == "cuda"
+    # cuda:N picks one GPU, and only one that exists.
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert infer_cmd.resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="2 CUDA devices"):
+        infer_cmd.resolve_device("cuda:2")
+
+
+@pytest.mark.parametrize("command", ["sr", "ds", "eval", "demo"])
+def test_device_names_are_checked_when_parsed(command, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        sdflow(command, "--device", "gpu1")
+    assert e.value.code == 2 and "expected auto, cpu, cuda, cuda:N or mps, got 'gpu1'" in capsys.readouterr().err
+    # cuda:1 parses; without CUDA it is then refused by name.
+    assert infer_cmd._device_name("CUDA:1") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available"):
+        infer_cmd.resolve_device("cuda:1")
 
 
 # ----- names, seeds, folders ------------------------------------------------------------------------

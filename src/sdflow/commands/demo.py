@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int,
-                                   _usage_error)
+from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int, _usage_error,
+                                   add_device_argument)
 
 DEFAULT_TAUS = (0.0, 0.4, 0.8)
 FALLBACK_PRESET = "realistic"
@@ -37,8 +37,7 @@ def register(sub) -> None:
                    help="samples per image and tau (default: 2)")
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="seed of the degradations and of the samples (default: 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="auto: cuda, else mps, else cpu (default: auto)")
+    add_device_argument(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

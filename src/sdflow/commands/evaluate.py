@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int,
-                                   _usage_error)
+from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int, _usage_error,
+                                   add_device_argument)
 
 
 def register(sub) -> None:
@@ -38,8 +38,7 @@ def register(sub) -> None:
                    help="samples per image and tau; diversity needs 2 or more (default: 1)")
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="sample k is drawn with seed S + k, as by `sdflow sr/ds` (default: 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="auto: cuda, else mps, else cpu (default: auto)")
+    add_device_argument(p)
     p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
                    help="LPIPS state dict (backbone and linear layers, e.g. "
                         "torch.save(lpips.LPIPS(net='alex').state_dict(), FILE)); without it "

@@ -7,6 +7,7 @@ Naming and seeding rules: see `sdflow.inference`.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -64,8 +65,7 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="sample k is drawn with seed S + k: the same seed gives the same files "
                         "(default: 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="auto: cuda, else mps, else cpu (default: auto)")
+    add_device_argument(p)
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="model arithmetic. fp32, bf16, fp16 run the fused fast path (fp32: the model's "
                         "float32 results; bf16/fp16: faster, small quality cost, docs/performance.md; "
@@ -130,6 +130,18 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _device_name(text: str) -> str:
+    name = text.strip().lower()
+    if name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device_name, default="auto", metavar="{auto,cpu,cuda,cuda:N,mps}",
+                   help="auto: cuda, else mps, else cpu; cuda:N picks GPU N (default: auto)")
+
+
 def resolve_device(name: str):
     """torch.device for --device; raises ValueError when the requested backend is absent."""
     import torch
@@ -138,8 +150,11 @@ def resolve_device(name: str):
     has_mps = mps is not None and mps.is_available()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available in this PyTorch installation")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available in this PyTorch installation")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
+                         f"cuda:{torch.cuda.device_count() - 1})")
     if name == "mps" and not has_mps:
         raise ValueError("--device mps: MPS is not available on this machine")
     return torch.device(name)
