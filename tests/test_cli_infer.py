@@ -14,7 +14,6 @@ from sdflow.commands import infer as infer_cmd
 from sdflow.imageio import (decode_png, downscale_alpha, encode_png, quantize, read_image, to_tensor,
                             upscale_alpha)
 from sdflow.fast import FastSDFlow
-from sdflow.model import SDFlow
 
 
 @pytest.fixture(autouse=True, scope="module")

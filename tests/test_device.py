@@ -19,7 +19,7 @@ from sdflow.tiling import DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, tiled_downsc
 from test_fast_path import perturbed, rel_err
 from test_parity import FIXTURE
 from test_tiling import levels
-from test_train import all_state, data, make_cfg  # noqa: F401 (data is a fixture)
+from test_train import all_state, make_cfg, make_data
 
 
 def _accelerator():
@@ -163,7 +163,7 @@ def test_command_line_on_the_device(tmp_path, tiny_model_path):
     assert _pixels(tmp_path / "ds" / "b_ds.png").shape == (3, 3, 4)
 
 
-def test_training_on_the_device(data, tmp_path):  # noqa: F811
+def test_training_on_the_device(tmp_path):
     """Both stages run (with bf16 autocast on CUDA), every term finite, and an interrupted run
     resumed lands where the uninterrupted one does. On CUDA some kernels add in a varying order,
     so the two may differ by rounding: the check is that they differ by far less than the
@@ -172,7 +172,7 @@ def test_training_on_the_device(data, tmp_path):  # noqa: F811
     from sdflow.train.loop import train
 
     amp = "bf16" if DEVICE.type == "cuda" else "none"
-    cfg = make_cfg(data, **{"train.device": DEVICE.type, "train.amp": amp, "train.steps": 7,
+    cfg = make_cfg(make_data(tmp_path / "data"), **{"train.device": DEVICE.type, "train.amp": amp, "train.steps": 7,
                             "train.stage1_steps": 3, "checkpoint.every": 4})
     s = train(cfg, tmp_path / "a")
     assert s["step"] == 7 and s["skipped"] == 0

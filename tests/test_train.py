@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import sdflow
 from sdflow.config import ModelConfig
-from sdflow.data.datasets import UnpairedPatches, UnpairedStream, make_loader, paired_images
+from sdflow.data.datasets import UnpairedPatches, UnpairedStream, make_loader
 from sdflow.model import SDFlow
 from sdflow.resize import gaussian_blur
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
@@ -36,11 +35,14 @@ def _smooth_image(rng, h, w, noise):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+def make_data(root):
     """Unpaired HR/LR folders (with a nested folder, a too-small and a broken file), plus a
-    paired validation set."""
+    paired validation set, in `root`."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     (root / "hr" / "sub").mkdir(parents=True)
     (root / "lr").mkdir()

@@ -8,7 +8,7 @@ would fail on the 1x1 maps that tiny patches produce.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn as nn
