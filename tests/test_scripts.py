@@ -1,0 +1,42 @@
+"""The maintenance scripts under scripts/ (training curves, bundling the default model)."""
+import importlib.util
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LOG = """\
+2026-12-01 20:16:11 INFO sdflow train: run runs/x | device cpu x 1 rank(s)
+2026-12-01 20:19:25 INFO step 100/300 stage 1 | nll_hr=3.4497 nll_lr=4.4500 total=9.9279 | g_norm 111 | lr 0.0005 | skipped 0 | 0.347 s/step
+2026-12-01 20:19:26 INFO validation at step 100: sr_psnr_y=21.9420, bicubic_up_psnr_y=23.7637, ds_psnr=23.8460, bicubic_down_psnr=24.5308
+2026-12-01 20:19:30 INFO step 200/300 stage 2 | nll_hr=3.1000 nll_lr=nan total=9.0 | g_norm 90 | lr 0.0005 | skipped 1 | 0.5 s/step
+2026-12-01 20:23:04 INFO interrupted: stopped after step 200; continue with `sdflow train --out runs/x --resume`
+2026-12-01 20:23:14 INFO resumed from ckpt-00000100.pt at step 100
+2026-12-01 20:24:27 INFO step 200/300 stage 2 | nll_hr=3.0500 nll_lr=4.2000 total=8.9 | g_norm 80 | lr 0.0005 | skipped 0 | 0.5 s/step
+2026-12-01 20:25:00 INFO validation at step 200: sr_psnr_y=22.5000, bicubic_up_psnr_y=23.7637, ds_psnr=24.4000, bicubic_down_psnr=24.5308
+"""
+
+
+def test_plot_training_reads_a_resumed_log(tmp_path):
+    plot = script("plot_training")
+    terms, val = plot.parse(LOG)
+    assert sorted(terms) == [100, 200] and sorted(val) == [100, 200]
+    # A step logged twice (before an interruption and after the resume) keeps its last value.
+    assert terms[200] == {"nll_hr": 3.05, "nll_lr": 4.2, "total": 8.9}
+    assert math.isnan(plot.parse(LOG.split("interrupted")[0])[0][200]["nll_lr"])
+    assert val[200]["sr_psnr_y"] == 22.5 and val[100]["bicubic_down_psnr"] == 24.5308
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.log").write_text(LOG)
+    plot.main(str(run), str(tmp_path / "curves"))
+    nll, v = (tmp_path / "curves_nll.svg").read_text(), (tmp_path / "curves_val.svg").read_text()
+    assert nll.startswith("<svg") and "NLL HR" in nll and "NLL LR" in nll
+    assert "SR Y" in v and "bicubic down" in v
