@@ -40,3 +40,40 @@ def test_plot_training_reads_a_resumed_log(tmp_path):
     nll, v = (tmp_path / "curves_nll.svg").read_text(), (tmp_path / "curves_val.svg").read_text()
     assert nll.startswith("<svg") and "NLL HR" in nll and "NLL LR" in nll
     assert "SR Y" in v and "bicubic down" in v
+
+
+def test_bundle_default_writes_the_runs_model_with_its_metadata(tmp_path):
+    import torch
+
+    import sdflow
+    from safetensors import safe_open
+
+    from sdflow.checkpoints import save_model
+    from sdflow.train.config import TrainConfig
+
+    cfg = TrainConfig.load(REPO / "configs" / "default.yaml", ["train.steps=10"])
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.save(run / "config.yaml")
+    torch.manual_seed(0)
+    model = sdflow.SDFlow(cfg.model_config())
+    save_model(model, run / "model.safetensors")
+    out = tmp_path / "bundled.safetensors"
+    script("bundle_default").main(str(run), "severe", str(out))
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["sdflow.degradation"] == "severe" and meta["sdflow.steps"] == "10"
+    assert meta["sdflow.train_config"] == "configs/default.yaml" and "mate-backgrounds" in meta["sdflow.data"]
+    bundled = sdflow.load(out)
+    assert all(torch.equal(a, b) for a, b in zip(bundled.state_dict().values(), model.state_dict().values()))
+
+
+def test_the_bundled_model_is_configs_default():
+    """configs/default.yaml is the recipe of the model that ships: the same architecture."""
+    import sdflow
+    from sdflow.checkpoints import bundled_metadata
+    from sdflow.train.config import TrainConfig
+
+    cfg = TrainConfig.load(REPO / "configs" / "default.yaml")
+    assert sdflow.load("default").config == cfg.model_config()
+    assert bundled_metadata()["sdflow.train_config"].startswith("configs/default.yaml")
