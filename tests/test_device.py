@@ -16,8 +16,9 @@ from sdflow.cli import main
 from sdflow.fast import FastSDFlow, ieee_float32
 from sdflow.tiling import DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, tiled_downscale, tiled_super_resolve
 
+from test_cli_infer import save
 from test_fast_path import perturbed, rel_err
-from test_parity import FIXTURE
+from test_parity import load_authors
 from test_tiling import levels
 from test_train import all_state, make_cfg, make_data
 
@@ -45,13 +46,7 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def authors(tmp_path_factory):
-    if not FIXTURE.is_file():
-        pytest.skip(f"parity fixture not found at {FIXTURE} (set SDFLOW_PARITY_FIXTURE)")
-    fx = torch.load(FIXTURE, weights_only=True)
-    d = tmp_path_factory.mktemp("authors")
-    for name, sd in fx["state_dicts"].items():
-        torch.save(sd, d / f"{name}.pth")
-    return sdflow.load(d, device=DEVICE), fx
+    return load_authors(tmp_path_factory, DEVICE)
 
 
 def test_float32_reproduces_the_authors_on_the_device(authors):
@@ -123,14 +118,6 @@ def test_tiles_agree_with_the_whole_image_on_the_device(tiny):
     assert mx < 0.05 and mean < 0.005
 
 
-def _image(path, h, w, mode, seed):
-    from PIL import Image
-
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    arr = np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
-    Image.fromarray(arr[..., 0] if channels == 1 else arr).save(path)
-
-
 def _pixels(path):
     from PIL import Image
 
@@ -140,9 +127,9 @@ def _pixels(path):
 def test_command_line_on_the_device(tmp_path, tiny_model_path):
     src = tmp_path / "in"
     src.mkdir()
-    _image(src / "a.png", 12, 10, "RGB", 0)
-    _image(src / "b.png", 12, 10, "RGBA", 1)
-    _image(src / "c.png", 9, 14, "L", 2)
+    save(src / "a.png", 12, 10, "RGB", 0)
+    save(src / "b.png", 12, 10, "RGBA", 1)
+    save(src / "c.png", 9, 14, "L", 2)
     (src / "broken.png").write_bytes(b"not an image")
     common = ["-i", src, "--model", tiny_model_path, "-q"]
     run = lambda *a: main([str(x) for x in a])  # noqa: E731

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-import sdflow
 from sdflow.config import ModelConfig
 from sdflow.fast import FastSDFlow, _content_program, _Program, _Spec, prepare
 from sdflow.model import SDFlow
 
-from test_parity import FIXTURE
+from test_parity import load_authors
 
 
 def perturbed(preset="tiny", seed=0):
@@ -128,13 +127,7 @@ def test_latent_hooks_reproduce_the_seeded_calls(tiny):
 
 @pytest.fixture(scope="module")
 def paper_parity(tmp_path_factory):
-    if not FIXTURE.is_file():
-        pytest.skip(f"parity fixture not found at {FIXTURE}")
-    fx = torch.load(FIXTURE, weights_only=True)
-    d = tmp_path_factory.mktemp("authors")
-    for name, sd in fx["state_dicts"].items():
-        torch.save(sd, d / f"{name}.pth")
-    return sdflow.load(d), fx
+    return load_authors(tmp_path_factory)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])

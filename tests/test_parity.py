@@ -26,10 +26,23 @@ def fixture():
 
 @pytest.fixture(scope="module")
 def authors_dir(fixture, tmp_path_factory):
-    d = tmp_path_factory.mktemp("authors_pretrained")
-    for name, sd in fixture["state_dicts"].items():
-        torch.save(sd, d / f"{name}.pth")
-    return d
+    return write_authors_folder(fixture, tmp_path_factory.mktemp("authors_pretrained"))
+
+
+def write_authors_folder(fx, folder):
+    """The fixture's state dicts as the authors' pretrained folder (one .pth per network)."""
+    for name, sd in fx["state_dicts"].items():
+        torch.save(sd, folder / f"{name}.pth")
+    return folder
+
+
+def load_authors(tmp_path_factory, device="cpu"):
+    """(the authors' weights loaded as an SDFlow on `device`, the fixture); skips the calling test
+    where the fixture is absent."""
+    if not FIXTURE.is_file():
+        pytest.skip(f"parity fixture not found at {FIXTURE} (set SDFLOW_PARITY_FIXTURE)")
+    fx = torch.load(FIXTURE, weights_only=True)
+    return sdflow.load(write_authors_folder(fx, tmp_path_factory.mktemp("authors")), device=device), fx
 
 
 def rel_err(a, b):

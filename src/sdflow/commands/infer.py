@@ -152,9 +152,10 @@ def resolve_device(name: str):
         return torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available in this PyTorch installation")
-    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0 .. "
-                         f"cuda:{torch.cuda.device_count() - 1})")
+    if name.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        if int(name[5:]) >= count:
+            raise ValueError(f"--device {name}: there are {count} CUDA devices (cuda:0 .. cuda:{count - 1})")
     if name == "mps" and not has_mps:
         raise ValueError("--device mps: MPS is not available on this machine")
     return torch.device(name)
