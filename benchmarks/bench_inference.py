@@ -22,7 +22,8 @@ memory:  each (path, task, size) in a fresh process: peak resident set (ru_maxrs
 floor:   the convolution FLOPs of one fast fp32 call (torch.utils.flop_counter), this machine's
          best float32 rate on the model's 3x3 convolution shapes, and the speed-up over the
          authors' path that an exact float32 implementation could reach at most (authors' time /
-         (FLOPs / rate)), next to the one reached.
+         (FLOPs / rate)), next to the one reached; on a CPU also one convolution with oneDNN's
+         bfloat16 products (alone, and as float32 emulated by three bf16 products), time and error.
 samples: N samples of one image (--samples, default 4): the authors' path N times, the fast path
          N times, and the fast path with the image's condition made once (what --samples N does).
 quality: PSNR of the reduced-precision outputs against fast-fp32 (images mapped to [0, 1], not
@@ -415,6 +416,45 @@ def samples(device, repeats, sr_side, ds_side, n=4):
 
 # ----- how fast float32 can be at all -------------------------------------------------------
 
+def _bf16_emulation(repeats, side):
+    """The one way around the float32 rate: oneDNN's bf16 "fpmath" mode (bfloat16 products,
+    float32 sums and output) on one 64->64 convolution, alone (too inexact: the fast path allows
+    1e-4) and as "bf16x3" (x = x_hi + x_lo, w = w_hi + w_lo, the three leading products as one
+    convolution over 3x the channels), which is exact enough but has to beat float32."""
+    import torch
+    import torch.nn.functional as F
+
+    fmt, conv = torch.channels_last, torch.backends.mkldnn.conv
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, side, side, generator=g).contiguous(memory_format=fmt)
+    w = (torch.randn(64, 64, 3, 3, generator=g) * 0.05).contiguous(memory_format=fmt)
+
+    def split(t):
+        hi = t.bfloat16().float()
+        return hi, (t - hi).bfloat16().float()
+
+    (xh, xl), (wh, wl) = split(x), split(w)
+    x3 = torch.cat([xh, xl, xh], 1).contiguous(memory_format=fmt)
+    w3 = torch.cat([wh, wh, wl], 1).contiguous(memory_format=fmt)
+    exact = F.conv2d(x.double(), w.double(), padding=1)
+    before = conv.fp32_precision
+    rows = []
+    try:
+        for name, mode, a, b in (("float32", "ieee", x, w), ("bf16 fpmath", "bf16", x, w),
+                                 ("bf16x3 (conv only)", "bf16", x3, w3)):
+            conv.fp32_precision = mode
+            with torch.inference_mode():
+                y = F.conv2d(a, b, padding=1)
+                ts = [_timed("cpu", lambda: F.conv2d(a, b, padding=1)) for _ in range(max(repeats, 3) + 2)]
+            err = ((y.double() - exact).norm() / exact.norm()).item()
+            rows.append((name, min(ts[2:]) * 1e3, err))
+    finally:
+        conv.fp32_precision = before
+    print(f"64->64 3x3 convolution at {side}x{side}, oneDNN float32 vs bfloat16 products:")
+    for name, ms, err in rows:
+        print(f"  {name:<20} {ms:7.2f} ms  relative error {err:.1e}")
+
+
 def floor(device, repeats, sr_side, ds_side):
     """The convolutions' FLOPs of one fast fp32 call, this machine's best float32 convolution
     rate on the model's own layer shapes, and what they allow: no exact float32 implementation
@@ -440,6 +480,8 @@ def floor(device, repeats, sr_side, ds_side):
             best = max(best, flops / min(ts[2:]) / 1e9)
     print(f"\n## float32 floor ({device}, {torch.get_num_threads()} threads; {source})")
     print(f"best float32 3x3 convolution rate on the model's shapes: {best:.0f} GFLOP/s")
+    if device == "cpu":
+        _bf16_emulation(repeats, sr_side)
     print(f"{'task':<4} {'input':>9} {'conv GFLOP':>10} {'floor s':>8} {'authors s':>9} {'fast s':>7} "
           f"{'max speed-up':>12} {'reached':>8}")
     for task, side in (("sr", sr_side), ("ds", ds_side)):

@@ -205,17 +205,41 @@ def test_couplings_in_row_bands_give_the_whole_images_result(tiny, monkeypatch):
 
 def test_float32_means_float32_on_cuda_too():
     """cuDNN's TF32 default is turned off around the fast path's calls and restored after (the
-    flags can be set and read without a GPU; on a CPU device nothing changes)."""
+    flags can be set and read without a GPU); on a CPU device the oneDNN flag is set instead."""
     from sdflow.fast import ieee_float32
 
-    conv = torch.backends.cudnn.conv
+    cudnn, mkldnn = torch.backends.cudnn.conv, torch.backends.mkldnn.conv
+    before = cudnn.fp32_precision, mkldnn.fp32_precision
+    try:
+        cudnn.fp32_precision, mkldnn.fp32_precision = "tf32", "bf16"
+        with ieee_float32(torch.device("cuda")):
+            assert (cudnn.fp32_precision, mkldnn.fp32_precision) == ("ieee", "bf16")
+        with ieee_float32(torch.device("cpu")):
+            assert (cudnn.fp32_precision, mkldnn.fp32_precision) == ("tf32", "ieee")
+        assert (cudnn.fp32_precision, mkldnn.fp32_precision) == ("tf32", "bf16")
+    finally:
+        cudnn.fp32_precision, mkldnn.fp32_precision = before
+
+
+def test_float32_stays_float32_when_the_user_asks_onednn_for_bf16(tiny):
+    """A process that set oneDNN's float32 convolutions to bfloat16 (a global PyTorch flag) still
+    gets float32 results from the fast path; the plain model follows the flag, which on a CPU
+    with bf16 arithmetic moves it by ~1e-3."""
+    fast = FastSDFlow(tiny, "fp32")
+    lr = torch.rand(1, 3, 48, 48) * 2 - 1  # oneDNN's flag acts from about this size on
+    with torch.no_grad():
+        exact = (tiny.super_resolve(lr, 0.8, seeded(2)), fast.super_resolve(lr, 0.8, seeded(2)))
+    conv = torch.backends.mkldnn.conv
     before = conv.fp32_precision
     try:
-        conv.fp32_precision = "tf32"
-        with ieee_float32(torch.device("cuda")):
-            assert conv.fp32_precision == "ieee"
-        assert conv.fp32_precision == "tf32"
-        with ieee_float32(torch.device("cpu")):
-            assert conv.fp32_precision == "tf32"
+        conv.fp32_precision = "bf16"
+        with torch.no_grad():
+            model_bf16 = tiny.super_resolve(lr, 0.8, seeded(2))
+            fast_under_flag = fast.super_resolve(lr, 0.8, seeded(2))
+        assert conv.fp32_precision == "bf16"
     finally:
         conv.fp32_precision = before
+    assert torch.equal(fast_under_flag, exact[1])
+    assert rel_err(fast_under_flag, exact[0]) < 1e-5
+    if not torch.equal(model_bf16, exact[0]):  # the flag does act on this CPU: it would have been seen
+        assert rel_err(model_bf16, exact[0]) > 10 * rel_err(fast_under_flag, exact[0])

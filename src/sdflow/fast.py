@@ -27,8 +27,9 @@ these exact rewrites:
 - Activations are updated in place where the input is no longer needed.
 - Unconditional couplings (f_HR, f_LR) run in bands of rows (`BAND_BYTES`), each band's nets on
   its rows plus one row of context per side; the coupling leaves za alone, so this is exact.
-- On CUDA, cuDNN's default TF32 arithmetic for float32 convolutions is off during the calls
-  (`ieee_float32`): TF32 would cost ~1e-3 relative error, far above the float rounding above.
+- Float32 convolutions are IEEE float32 during the calls (`ieee_float32`): on CUDA cuDNN's
+  default TF32, and on a CPU a user-set oneDNN bf16 / TF32 mode, would cost ~1e-3 relative
+  error, far above the float rounding above.
 - Channels-last memory format (`channels_last`, default on CPU and CUDA): oneDNN's 3x3
   convolutions run faster on NHWC tensors. On the 2-core CPU of docs/performance.md this is
   most of the gain.
@@ -428,12 +429,13 @@ def _content_program(flow: HRFlow, spec: _Spec) -> _Program:
 def ieee_float32(device: torch.device):
     """Float32 convolutions computed as float32 on `device` while the block runs. cuDNN runs them
     as TF32 by default on Ampere and newer GPUs (10-bit mantissas, ~1e-3 relative error, which
-    the flow inversions carry into the image); the fast path promises the model's float32
-    results, so its calls turn TF32 off and restore the setting after. Nothing to do elsewhere."""
-    if torch.device(device).type != "cuda":
-        yield
-        return
-    conv = getattr(torch.backends.cudnn, "conv", None)
+    the flow inversions carry into the image), and oneDNN on a CPU does the same with bfloat16
+    or TF32 when a user has set `torch.backends.fp32_precision` or the mkldnn flags (off by
+    default). The fast path promises the model's float32 results, so its calls set "ieee" and
+    restore the setting after."""
+    kind = torch.device(device).type
+    backend = {"cuda": torch.backends.cudnn, "cpu": torch.backends.mkldnn}.get(kind)
+    conv = getattr(backend, "conv", None)
     if conv is not None and hasattr(conv, "fp32_precision"):
         # The newer API; reading the legacy flag after it has been used raises, so only this one.
         old = conv.fp32_precision
@@ -442,13 +444,15 @@ def ieee_float32(device: torch.device):
             yield
         finally:
             conv.fp32_precision = old
-    else:
+    elif kind == "cuda":
         old = torch.backends.cudnn.allow_tf32
         torch.backends.cudnn.allow_tf32 = False
         try:
             yield
         finally:
             torch.backends.cudnn.allow_tf32 = old
+    else:
+        yield
 
 
 def _ieee(method):
