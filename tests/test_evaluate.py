@@ -207,6 +207,67 @@ def test_size_mismatch_is_skipped(tmp_path):
     assert {r["image"] for r in res.sr_rows} == {"a"}
 
 
+def test_hr_not_a_multiple_of_4_ceil_grid_and_mod_crop(tmp_path):
+    """LR = ceil(HR / 4) on the x4 grid, or LR = floor(HR / 4) with the HR mod-cropped: both are
+    scored on the same 4i..4i+3 grid, so a 161x121 pair scores like its 160x120 crop away from the
+    partial last pixel, and bicubic DS of the HR is the LR it was made from (on that grid)."""
+    hr = smooth(121, 161, 0)
+    t = torch.from_numpy(hr / 255.0).permute(2, 0, 1)[None].double()
+    lr_ceil = quantize(downscale(t, 4)[0].permute(1, 2, 0).numpy().clip(0, 1))      # 31 x 41
+    for name, lr in (("ceil", lr_ceil), ("floor", lr_ceil[:30, :40])):
+        for side, img in (("HR", hr), ("LR", lr)):
+            (tmp_path / name / side).mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(img).save(tmp_path / name / side / "a.png")
+    results = {name: evaluate.evaluate_folders(tmp_path / name / "HR", tmp_path / name / "LR", progress=False,
+                                               log=lambda m: None)
+               for name in ("ceil", "floor")}
+    for name, res in results.items():
+        assert res.ok, res.skipped
+        bic = next(r for r in res.ds_rows if r["method"] == "bicubic")
+        assert bic["psnr_rgb"] > 50, (name, bic)   # the LR is HR's bicubic: a stretched grid gives ~28 dB
+    assert not any("cropped" in n for n in results["ceil"].notes)
+    assert any("1 HR image(s) cropped to 4x their LR" in n for n in results["floor"].notes)
+    with pytest.raises(evaluate._PairError, match="expected LR 41x31, or 40x30"):
+        evaluate._fit_pair(hr, lr_ceil[:29])
+
+
+def test_div2k_and_realsr_names_pair(tmp_path):
+    for side, names in (("HR", ["0801.png", "0802.png", "Canon_001_HR.png", "x.png"]),
+                        ("LR", ["0801x4.png", "0802x4m.png", "Canon_001_LR4.png", "y.png"])):
+        for n in names:
+            (tmp_path / side).mkdir(exist_ok=True)
+            PILImage.fromarray(smooth(8, 8, 0)).save(tmp_path / side / n)
+    m = evaluate.match_folders(tmp_path / "HR", tmp_path / "LR")
+    assert [(p.name, Path(p.lr).name) for p in m.pairs] == [
+        ("0801", "0801x4.png"), ("0802", "0802x4m.png"), ("Canon_001_HR", "Canon_001_LR4.png")]
+    assert m.unmatched_hr == ["x.png"] and m.unmatched_lr == ["y.png"]
+
+
+def test_a_rerun_into_the_same_folder_leaves_no_stale_table_and_skips_its_report(tmp_path):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a",))
+    out = hr_dir / "eval"   # inside the input: the report's PNGs must not become test images
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out, "--model", "none") == 0
+    assert (out / "ds_mean.csv").is_file() and any((out / "report_files").iterdir())
+    assert run("eval", "-q", "--hr", hr_dir, "--lr", lr_dir, "-o", out, "--model", "none",
+               "--direction", "sr") == 0
+    assert not (out / "ds_mean.csv").exists() and (out / "sr_mean.csv").is_file()
+
+
+def test_an_image_too_small_for_ssim_does_not_blank_the_means(tmp_path):
+    make_pairs(tmp_path, names=("a",))
+    make_pairs(tmp_path / "small", names=("b",), hw=(16, 16))
+    for side in ("HR", "LR"):
+        (tmp_path / "small" / side / "b.png").rename(tmp_path / side / "b.png")
+    res = evaluate.evaluate_folders(tmp_path / "HR", tmp_path / "LR", progress=False, log=lambda m: None)
+    assert res.ok
+    rows = {r["image"]: r for r in res.sr_rows if r["method"] == "bicubic"}
+    assert math.isnan(rows["b"]["ssim_y"]) and 0 < rows["a"]["ssim_y"] < 1
+    mean = next(r for r in res.sr_mean if r["method"] == "bicubic")
+    assert mean["images"] == 2 and mean["ssim_y"] == pytest.approx(rows["a"]["ssim_y"])
+    assert mean["psnr_y"] == pytest.approx((rows["a"]["psnr_y"] + rows["b"]["psnr_y"]) / 2)
+    assert any(n.startswith("SR SSIM-Y: not defined for 1 image(s)") and "(b)" in n for n in res.notes)
+
+
 def test_no_pairs_and_bad_folders_are_usage_errors(tmp_path, capsys):
     hr_dir, lr_dir = make_pairs(tmp_path, names=("a",))
     (lr_dir / "a.png").rename(lr_dir / "z.png")

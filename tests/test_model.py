@@ -35,6 +35,29 @@ def test_bad_input_shape_is_reported(model):
         model.downscale(torch.zeros(1, 4, 8, 8))
 
 
+def test_bad_tau_and_likelihood_sizes_are_reported(model):
+    for tau in (-0.5, float("nan"), float("inf"), "0.8", None):
+        with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+            model.super_resolve(torch.zeros(1, 3, 8, 8), tau)
+        with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+            model.downscale(torch.zeros(1, 3, 16, 16), tau)
+    with pytest.raises(ValueError, match=r"multiples of 8 .* got 30x32; crop it, e.g. hr\[..., :24, :32\]"):
+        model.hr_log_likelihood(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError, match="multiples of 2 and at least 4, got 7x8"):
+        model.lr_log_likelihood(torch.zeros(1, 3, 7, 8))
+
+
+def test_sampling_keeps_no_graph(model):
+    """Parameters that require gradients (a model fresh from SDFlow(...) or sdflow.load) give
+    outputs without a graph: sampling is inference, so it does not hold every activation."""
+    assert all(p.requires_grad for p in model.parameters())
+    lr, hr = torch.rand(1, 3, 8, 8) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    outs = [model.super_resolve(lr), model.downscale(hr), model.sr_condition(lr).features,
+            model.ds_condition(hr).content]
+    assert not any(t.requires_grad for t in outs)
+    assert model.hr_log_likelihood(hr).requires_grad   # the likelihoods stay differentiable
+
+
 def test_sampling_is_seeded_and_tau_matters(model):
     lr = torch.rand(1, 3, 6, 6) * 2 - 1
     with torch.no_grad():

@@ -35,6 +35,20 @@ def test_downscale_shapes_ceil(kernel):
     assert downscale(x, 2, kernel).shape == (1, 3, 17, 15)
 
 
+@pytest.mark.parametrize("kernel", ["bicubic", "area"])
+def test_downscale_keeps_the_x4_grid_when_the_size_is_not_a_multiple(kernel):
+    """LR pixel i covers HR pixels 4i..4i+3 whatever H is (MATLAB's imresize(0.25) grid, and the
+    grid of SDFlow.downscale), so the LR of a 161-row image is the LR of its first 160 rows plus
+    a partial row: away from the last rows the two agree exactly. A grid stretched to 161/41
+    (what resizing to the size alone does) misplaces every pixel but the first."""
+    x = torch.rand(1, 3, 161, 122, dtype=torch.float64)
+    whole, cropped = downscale(x, 4, kernel), downscale(x[..., :160, :120], 4, kernel)
+    assert whole.shape == (1, 3, 41, 31)
+    assert torch.equal(whole[..., :37, :27], cropped[..., :37, :27])
+    stretched = resize(x, (41, 31), kernel)
+    assert (stretched[..., :37, :27] - cropped[..., :37, :27]).abs().max() > 1e-2
+
+
 def test_area_is_block_mean():
     x = torch.rand(1, 2, 8, 12, dtype=torch.float64)
     y = downscale(x, 4, "area")

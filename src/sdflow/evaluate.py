@@ -28,8 +28,11 @@ Scoring rules, chosen so the numbers are those of the files `sdflow sr` / `sdflo
   `ds_condition`, made once), so `seconds` is per output with that shared work spread over them;
 * a mean row averages the per-image rows (a PSNR of inf, i.e. identical images, makes it inf).
 
-HR and LR must agree in size: LR = ceil(HR / 4) on both sides (what `sdflow degrade` writes). A pair
-that cannot be read or does not fit is skipped with its reason, and `EvalResult.ok` turns False.
+HR and LR must agree in size: LR = ceil(HR / 4) on both sides (sdflow's convention, LR pixel i
+covering HR pixels 4i..4i+3, the last one partial; `sdflow degrade` writes HR in multiples of 4),
+or LR = floor(HR / 4), in which case the HR is cropped to 4 x LR (BasicSR's mod-crop) and a note
+says so. A pair that cannot be read or does not fit is skipped with its reason, and
+`EvalResult.ok` turns False.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -123,10 +127,12 @@ class Matching:
     duplicates: List[str] = field(default_factory=list)     # files whose name another file shares
 
 
-def match_folders(hr_dir: PathLike, lr_dir: PathLike) -> Matching:
+def match_folders(hr_dir: PathLike, lr_dir: PathLike, exclude: Optional[PathLike] = None) -> Matching:
     """Pair the images of two folders by relative path without extension (a/b.png with a/b.jpg),
-    sorted by name. Files without a partner, and names that two files of one folder share, are
-    listed and left out."""
+    sorted by name; names left over are paired when they differ only by a scale or side tag
+    (0801.png with 0801x4.png, Canon_001_HR.png with Canon_001_LR4.png; the pair takes the HR's
+    name). Files without a partner, and names that two files of one folder share, are listed and
+    left out. Nothing under `exclude` (e.g. the evaluation's own output folder) is read."""
     hr_dir, lr_dir = Path(hr_dir), Path(lr_dir)
     sides, shared = [], set()
     duplicates = []
@@ -134,7 +140,7 @@ def match_folders(hr_dir: PathLike, lr_dir: PathLike) -> Matching:
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such folder")
         by_name: Dict[str, Path] = {}
-        for p in find_images(root):
+        for p in find_images(root, exclude=exclude):
             name = p.relative_to(root).with_suffix("").as_posix()
             if name in by_name:
                 # Which of a.png / a.jpg is the intended partner is anyone's guess: use neither.
@@ -145,12 +151,35 @@ def match_folders(hr_dir: PathLike, lr_dir: PathLike) -> Matching:
         sides.append(by_name)
     hr, lr = sides
     duplicates += [side[n].as_posix() for side in sides for n in shared if n in side]
-    names = sorted((set(hr) & set(lr)) - shared)
+    partner = {n: n for n in (set(hr) & set(lr)) - shared}
+    partner.update(_tagged_partners(sorted(set(hr) - set(lr) - shared), sorted(set(lr) - set(hr) - shared)))
+    lr_taken = set(partner.values())
     return Matching(
-        pairs=[Pair(n, hr[n], lr[n]) for n in names],
-        unmatched_hr=sorted(hr[n].relative_to(hr_dir).as_posix() for n in set(hr) - set(lr) - shared),
-        unmatched_lr=sorted(lr[n].relative_to(lr_dir).as_posix() for n in set(lr) - set(hr) - shared),
+        pairs=[Pair(n, hr[n], lr[partner[n]]) for n in sorted(partner)],
+        unmatched_hr=sorted(hr[n].relative_to(hr_dir).as_posix() for n in set(hr) - set(partner) - shared),
+        unmatched_lr=sorted(lr[n].relative_to(lr_dir).as_posix() for n in set(lr) - lr_taken - shared),
         duplicates=sorted(duplicates))
+
+
+# Scale and side tags of public test sets' file names: DIV2K's 0801.png / 0801x4.png (and the
+# x4m / x4d / x4w of its real-world tracks), RealSR's Canon_001_HR.png / Canon_001_LR4.png.
+_NAME_TAG = re.compile(r"(?i)[_-]?(?:hr|lr[_-]?x?4?|x4[a-z]?)$")
+
+
+def _tagged_partners(hr_names: Sequence[str], lr_names: Sequence[str]) -> Dict[str, str]:
+    """{HR name: LR name} for names that differ only by such a tag, where that is unambiguous."""
+    def keys(names):
+        found: Dict[str, List[str]] = {}
+        for n in names:
+            folder, _, stem = n.rpartition("/")
+            base = _NAME_TAG.sub("", stem)
+            if base:
+                found.setdefault(f"{folder}/{base}" if folder else base, []).append(n)
+        return found
+
+    hr_keys, lr_keys = keys(hr_names), keys(lr_names)
+    return {hr_keys[k][0]: lr_keys[k][0] for k in hr_keys.keys() & lr_keys.keys()
+            if len(hr_keys[k]) == len(lr_keys[k]) == 1}
 
 
 def sample_pairs(preset: str = "realistic", seed: int = 0) -> List[Pair]:
@@ -232,7 +261,8 @@ def _method_order(row: dict) -> tuple:
 
 def mean_rows(rows: List[dict], columns: Sequence[Column]) -> List[dict]:
     """One row per (method, tau, samples) of per-image `rows`: the mean of each column over the
-    images ("images" counts them), None where any image lacks the value."""
+    images ("images" counts them) that have a value (an SSIM of an image smaller than its window
+    has none: `run_evaluation` notes which), None where no image has one."""
     groups: Dict[tuple, List[dict]] = {}
     for r in rows:
         groups.setdefault((r["method"], r.get("tau"), r.get("samples")), []).append(r)
@@ -240,12 +270,9 @@ def mean_rows(rows: List[dict], columns: Sequence[Column]) -> List[dict]:
     for (method, tau, samples), group in groups.items():
         mean = {"method": method, "tau": tau, "samples": samples, "images": len(group)}
         for c in columns:
-            values = [r.get(c.key) for r in group]
-            if all(_present(v) for v in values):
-                with np.errstate(invalid="ignore"):
-                    mean[c.key] = float(np.mean(values))
-            else:
-                mean[c.key] = None
+            values = [r.get(c.key) for r in group if _present(r.get(c.key))]
+            with np.errstate(invalid="ignore"):
+                mean[c.key] = float(np.mean(values)) if values else None
         out.append(mean)
     return sorted(out, key=_method_order)
 
@@ -325,6 +352,17 @@ def run_evaluation(pairs: Sequence[Pair], model=None, *, taus: Sequence[float] =
     finally:
         if was_training:
             model.train()
+    for d, cols in (("SR", SR_COLUMNS), ("DS", DS_COLUMNS)):
+        rows = result.sr_rows if d == "SR" else result.ds_rows
+        for c in cols:
+            lacking = sorted({r["image"] for r in rows if r.get(c.key) is not None and not _present(r[c.key])})
+            if lacking and any(_present(r.get(c.key)) for r in rows):
+                result.notes.append(f"{d} {c.title}: not defined for {len(lacking)} image(s) too small for it "
+                                    f"({', '.join(lacking[:5])}{' ...' if len(lacking) > 5 else ''}); "
+                                    f"its means are over the other images")
+    if ctx.modcropped:
+        result.notes.append(f"{len(ctx.modcropped)} HR image(s) cropped to 4x their LR (LR = floor(HR / 4)): "
+                            + ", ".join(ctx.modcropped[:5]) + (" ..." if len(ctx.modcropped) > 5 else ""))
     result.seconds = time.perf_counter() - started
     return result
 
@@ -409,11 +447,26 @@ def _spread_seconds(rows: List[dict]) -> None:
             r["seconds"] = mean
 
 
+def _fit_pair(hr: np.ndarray, lr: np.ndarray) -> np.ndarray:
+    """The HR that the LR is the x4 of: the HR itself when LR = ceil(HR / 4) (sdflow's and
+    MATLAB's convention, a partial last LR pixel), or the HR cropped to 4 x LR when LR =
+    floor(HR / 4) (the mod-crop of BasicSR and of Set14 / BSD100-style test sets)."""
+    (H, W), (h, w) = hr.shape[:2], lr.shape[:2]
+    ceil, floor = (math.ceil(H / SCALE), math.ceil(W / SCALE)), (H // SCALE, W // SCALE)
+    if (h, w) == ceil:
+        return hr
+    if (h, w) == floor and min(h, w) > 0:
+        return hr[:SCALE * h, :SCALE * w]
+    raise _PairError(f"sizes do not match x{SCALE}: HR {W}x{H}, LR {w}x{h} (expected LR "
+                     f"{ceil[1]}x{ceil[0]}, or {floor[1]}x{floor[0]} with the HR cropped to 4x it)")
+
+
 class _Run:
     """One evaluation's fixed settings; `evaluate_pair` does one image in both directions."""
 
     def __init__(self, model, taus, samples, seed, lpips):
         self.model, self.taus, self.samples, self.seed, self.lpips = model, taus, samples, seed, lpips
+        self.modcropped: List[str] = []   # pairs whose HR was cropped to 4 x LR
         self.device = model.device if model is not None else torch.device("cpu")
         self.dtype = model.dtype if model is not None else torch.float32
 
@@ -447,10 +500,9 @@ class _Run:
     def evaluate_pair(self, pair: Pair, direction: str, crop: int):
         hr_img, lr_img = _load(pair.hr, "HR"), _load(pair.lr, "LR")
         hr, lr = _pixels(hr_img), _pixels(lr_img)
-        H, W, h, w = hr.shape[0], hr.shape[1], lr.shape[0], lr.shape[1]
-        if (math.ceil(H / SCALE), math.ceil(W / SCALE)) != (h, w):
-            raise _PairError(f"sizes do not match x{SCALE}: HR {W}x{H}, LR {w}x{h} (expected LR "
-                             f"{math.ceil(W / SCALE)}x{math.ceil(H / SCALE)})")
+        hr = _fit_pair(hr, lr)
+        if hr.shape != hr_img.rgb.shape:
+            self.modcropped.append(pair.name)
         visual = None
         if crop:
             top, left, side = pick_crop(hr, crop)
@@ -730,7 +782,13 @@ def write_outputs(result: EvalResult, out_dir: PathLike, title: Optional[str] = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
-    for d in _directions(result):
+    asked = result.settings.get("direction", "both")
+    for d in ("sr", "ds"):
+        if asked not in (d, "both"):
+            # A table from an earlier run into this folder would read as this run's.
+            for kind in ("per_image", "mean"):
+                (out / f"{d}_{kind}.csv").unlink(missing_ok=True)
+            continue
         cols = [c.key for c in (SR_COLUMNS if d == "sr" else DS_COLUMNS)]
         rows = getattr(result, f"{d}_rows")
         for kind, data, keys in (("per_image", rows, list(KEY_COLUMNS) + cols),
@@ -771,11 +829,13 @@ def write_outputs(result: EvalResult, out_dir: PathLike, title: Optional[str] = 
 
 def evaluate_folders(hr_dir: PathLike, lr_dir: PathLike, out_dir: Optional[PathLike] = None,
                      model=None, max_images: Optional[int] = None, log: Optional[Log] = None,
-                     **kwargs) -> EvalResult:
+                     exclude: Optional[PathLike] = None, **kwargs) -> EvalResult:
     """match_folders + run_evaluation (+ write_outputs when `out_dir` is given); unmatched names
-    are logged and recorded. `kwargs` go to `run_evaluation`."""
+    are logged and recorded. Images under `exclude` (default: `out_dir`, whose report images a
+    second run would otherwise take for test images) are not read. `kwargs` go to
+    `run_evaluation`."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    m = match_folders(hr_dir, lr_dir)
+    m = match_folders(hr_dir, lr_dir, exclude=exclude if exclude is not None else out_dir)
     for n in m.unmatched_hr:
         log(f"no LR image for HR {n}")
     for n in m.unmatched_lr:

@@ -22,6 +22,8 @@ HR_MULTIPLE = 8
 # f_Deg's reflect-padded convolutions run at HR/8 and need 2 pixels there; E's need 2 LR pixels.
 MIN_HR_SIDE = 16
 MIN_LR_SIDE = 2
+# f_LR squeezes once, and its couplings reflect-pad at LR/2: the LR likelihood needs even sides >= 4.
+LR_MULTIPLE = 2
 
 
 class SDFlow(nn.Module):
@@ -64,6 +66,7 @@ class SDFlow(nn.Module):
 
     def hr_log_density(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y) in nats per image: logdet f_HR + logdet f_HF + log N(f_HF(z_h; z_c); 0, I)."""
+        _check_sides(y, "hr", HR_MULTIPLE, HR_MULTIPLE)
         z_c, z_h, logdet = self.encode_hr(y)
         # f_HF must not shape the content: the gradient stops at z_c.
         _, logdet_hf = self.f_hf(z_h, z_c.detach())
@@ -81,6 +84,7 @@ class SDFlow(nn.Module):
 
     def lr_log_density(self, x: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(x | z_c) in nats per image, with z_c = E(x) unless `content` is given."""
+        _check_sides(x, "lr", LR_MULTIPLE, 2 * LR_MULTIPLE)
         z_c = self.content(x) if content is None else content
         z_lr, logdet = self.f_lr(x)
         z, logdet_deg = self.f_deg(z_lr - z_c, z_c)
@@ -91,7 +95,11 @@ class SDFlow(nn.Module):
         return _bits_per_dim(self.lr_log_density(x, content), x)
 
     # ----- sampling ------------------------------------------------------------------------
+    # Sampling is inference, as in Real-ESRGAN's `enhance` and diffusers' pipelines: without
+    # no_grad a user's call would keep the whole graph (8x the memory, 2x the time). Training
+    # differentiates through the flows themselves (`sdflow.train.objective`), not through these.
 
+    @torch.no_grad()
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8,
                       generator: Optional[torch.Generator] = None,
                       hf_latent: Optional[torch.Tensor] = None,
@@ -112,6 +120,7 @@ class SDFlow(nn.Module):
         z_h = self.f_hf.inverse(hf_latent.to(z_c.dtype), z_c, features=condition.features)[0]
         return self.decode_hr(z_c, z_h)[..., :SCALE * h, :SCALE * w]
 
+    @torch.no_grad()
     def sr_condition(self, lr: torch.Tensor) -> "Condition":
         """What every SR sample of `lr` shares: z_c = E(lr) and f_HF's condition network on it,
         most of an SR call's work; pass it to `super_resolve(lr, ..., condition=c)` for each sample."""
@@ -123,6 +132,7 @@ class SDFlow(nn.Module):
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """z'_h ~ N(0, tau^2 I) for the LR batch `lr` (only its shape, device and dtype are used):
         exactly what `super_resolve(lr, tau, generator)` draws, so the two agree sample for sample."""
+        _check_tau(tau)
         shape = hf_latent_shape(lr.shape)
         return self.f_hf.prior_sample(shape, tau, generator, device=lr.device, dtype=lr.dtype)
 
@@ -131,6 +141,7 @@ class SDFlow(nn.Module):
                           generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """z'_d from the mixture prior for the HR batch `hr` (only its shape and dtype are used): exactly
         what `downscale(hr, tau, component, sampler, generator=generator)` draws."""
+        _check_tau(tau)
         shape = deg_latent_shape(hr.shape)
         return self.deg_prior.sample(shape, tau, component, sampler, generator).to(hr.dtype)
 
@@ -138,6 +149,7 @@ class SDFlow(nn.Module):
         """z_c of an HR image whose sides are multiples of 8."""
         return self.f_hr(hr)[0][:, :CONTENT_CHANNELS]
 
+    @torch.no_grad()
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
                   component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
                   deg_latent: Optional[torch.Tensor] = None,
@@ -162,6 +174,7 @@ class SDFlow(nn.Module):
         x = self.f_lr.inverse(z_c + z_d)[0]
         return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
 
+    @torch.no_grad()
     def ds_condition(self, hr: torch.Tensor) -> "Condition":
         """What every DS sample of `hr` shares: z_c of f_HR(hr) and f_Deg's condition network on
         it, most of a DS call's work; pass it to `downscale(hr, ..., condition=c)` for each sample."""
@@ -257,3 +270,24 @@ def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def _check_image(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got shape {tuple(x.shape)}")
+
+
+def _check_sides(x: torch.Tensor, name: str, multiple: int, minimum: int) -> None:
+    # A density of a padded image would not be the image's: the caller crops.
+    _check_image(x, name)
+    h, w = x.shape[-2:]
+    if h % multiple or w % multiple or min(h, w) < minimum:
+        raise ValueError(f"the likelihood of {name} needs sides that are multiples of {multiple} and at "
+                         f"least {minimum}, got {h}x{w}; crop it, e.g. {name}[..., :{max(h // multiple * multiple, minimum)}, "
+                         f":{max(w // multiple * multiple, minimum)}]")
+
+
+def _check_tau(tau: float) -> None:
+    # A negative tau draws the same samples as -tau and a NaN one makes a NaN image: both are
+    # a caller's mistake, not a request.
+    try:
+        ok = not isinstance(tau, (str, bytes)) and math.isfinite(float(tau)) and float(tau) >= 0
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")

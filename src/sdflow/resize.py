@@ -7,8 +7,10 @@ Values are never clamped: bicubic overshoot is part of the filter and clamping w
 kill gradients at the range edges. Callers that need [0, 1] clamp themselves.
 
 Size convention: a downscale by `factor` yields ceil(H / factor) x ceil(W / factor),
-as MATLAB's imresize and `SDFlow.downscale` do. When H and W are multiples of the
-factor (the normal case for x4 SR data) the pixel grid is exactly aligned.
+as MATLAB's imresize and `SDFlow.downscale` do, on the factor's own pixel grid: LR pixel i
+covers HR pixels factor*i .. factor*(i+1)-1, so the last one is partial when H is not a
+multiple (an integer factor pads by edge replication first, as `SDFlow.downscale` does,
+rather than stretching the grid to H / ceil(H / factor)).
 """
 from __future__ import annotations
 
@@ -81,7 +83,11 @@ def downscale(x: torch.Tensor, factor: float = 4, kernel: str = "bicubic",
         raise ValueError(f"downscale factor must be >= 1, got {factor}")
     _check_nchw(x)
     H, W = x.shape[-2:]
-    return resize(x, (math.ceil(H / factor), math.ceil(W / factor)), kernel, antialias)
+    h, w = math.ceil(H / factor), math.ceil(W / factor)
+    if float(factor).is_integer() and (H % factor or W % factor):
+        f = int(factor)
+        x = F.pad(x, (0, w * f - W, 0, h * f - H), mode="replicate")
+    return resize(x, (h, w), kernel, antialias)
 
 
 def upscale(x: torch.Tensor, factor: float = 4, kernel: str = "bicubic") -> torch.Tensor:

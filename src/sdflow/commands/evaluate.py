@@ -20,11 +20,13 @@ def register(sub) -> None:
     p = sub.add_parser(
         "eval", help="evaluate SR and DS on paired folders, with bicubic baselines and an HTML report",
         description="Evaluate super-resolution (LR -> HR) and realistic downscaling (HR -> LR) on "
-                    "paired folders, matched by relative name without extension, with bicubic "
-                    "baselines, per-tau metrics, CSV / JSON / Markdown tables and an HTML report.")
+                    "paired folders, matched by relative name without extension (or up to a "
+                    "scale tag: 0801.png / 0801x4.png, Canon_001_HR.png / Canon_001_LR4.png), with "
+                    "bicubic baselines, per-tau metrics, CSV / JSON / Markdown tables and an HTML report.")
     p.add_argument("--hr", type=Path, required=True, help="folder of ground-truth HR images")
     p.add_argument("--lr", type=Path, required=True,
-                   help="folder of the matching real LR images (ceil(H/4) x ceil(W/4))")
+                   help="folder of the matching real LR images: ceil(H/4) x ceil(W/4), or "
+                        "floor(H/4) x floor(W/4) with the HR cropped to 4x the LR (mod-crop)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--model", "-m", default=None, metavar="SRC",
                    help="SDFlow to evaluate (.safetensors, training checkpoint or run folder, or the "
@@ -72,9 +74,10 @@ def run(args) -> int:
     except ValueError as e:
         return _usage_error(str(e))
 
-    matching = evaluate.match_folders(args.hr, args.lr)
+    matching = evaluate.match_folders(args.hr, args.lr, exclude=args.output)
     if not matching.pairs:
-        return _usage_error(f"no image in {args.hr} has a partner of the same name in {args.lr}")
+        return _usage_error(f"no image in {args.hr} has a partner of the same name in {args.lr} "
+                            f"(or the same up to a scale tag, as 0801.png / 0801x4.png)")
 
     if args.model is None:
         source = default_model_source()
@@ -100,7 +103,7 @@ def run(args) -> int:
         args.hr, args.lr, None, model=model, max_images=args.max_images, taus=args.tau,
         samples=args.samples, seed=args.seed, direction=args.direction, lpips=lpips,
         crop_size=args.crop_size, report_images=args.report_images, progress=not args.quiet,
-        settings=settings)
+        settings=settings, exclude=args.output)
     paths = evaluate.write_outputs(result, args.output, title=args.title)
 
     print(evaluate.summary_text(result))
