@@ -321,6 +321,55 @@ def test_find_images(tmp_path):
         find_images(tmp_path / "missing")
 
 
+def test_find_images_follows_linked_folders_once(tmp_path):
+    """Data sets are often symbolic links into the folder; a link back up the tree must not loop."""
+    (tmp_path / "data" / "set").mkdir(parents=True)
+    (tmp_path / "data" / "set" / "a.png").write_bytes(b"x")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "b.pgm").write_bytes(b"x")
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "data")
+    (tmp_path / "data" / "set" / "up").symlink_to(tmp_path / "data")   # a cycle
+    found = [p.relative_to(tmp_path / "in").as_posix() for p in find_images(tmp_path / "in")]
+    assert found == ["b.pgm", "linked/set/a.png"]
+
+
+def test_read_rgb8_keeps_16_bit_gray(tmp_path):
+    """Pillow's RGB conversion clips 16-bit grayscale to white; the data pipelines' reader scales it."""
+    from sdflow.imageio import read_rgb8
+
+    ramp = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 21)
+    PILImage.fromarray(ramp).save(tmp_path / "g16.png")   # mode I;16
+    with PILImage.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I") and (np.asarray(im.convert("RGB")) == 255).mean() > 0.99   # the trap
+    a = read_rgb8(tmp_path / "g16.png")
+    assert a.shape == (48, 64, 3) and a.dtype == np.uint8
+    assert np.array_equal(a[..., 0], np.rint(ramp / 257.0).astype(np.uint8))
+    assert np.array_equal(a, quantize(read_image(tmp_path / "g16.png").rgb, 8))
+
+
+def _png_header_only(path, width, height):
+    """A PNG that claims width x height but holds one scanline: Pillow judges the size at open."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
+
+
+def test_large_photos_are_not_taken_for_decompression_bombs(tmp_path, monkeypatch):
+    """A 182-megapixel photo (over Pillow's default limit) opens; over 2^31 px is refused."""
+    _png_header_only(tmp_path / "photo.png", 13500, 13500)
+    with PILImage.open(tmp_path / "photo.png") as im:   # the size check happens here
+        assert im.size == (13500, 13500)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 89478485)   # Pillow's own default
+    with pytest.raises(PILImage.DecompressionBombError):
+        PILImage.open(tmp_path / "photo.png")
+    monkeypatch.undo()
+    _png_header_only(tmp_path / "bomb.png", 50000, 50000)
+    with pytest.raises(ImageReadError, match="too large"):
+        read_image(tmp_path / "bomb.png")
+
+
 def test_tensor_conversion():
     rgb = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
     t = to_tensor(rgb, dtype=torch.float64)

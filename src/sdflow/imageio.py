@@ -30,9 +30,16 @@ __all__ = ["IMAGE_EXTENSIONS", "WRITE_EXTENSIONS", "Image", "ImageReadError", "r
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm")
 WRITE_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 JPEG_QUALITY = 95
+
+# Pillow refuses images of over 179 megapixels as possible decompression bombs; a 200 MP phone
+# photo is over that, and sdflow tiles whatever it reads. The limit is raised (never lowered,
+# since it is Pillow's global) to 2^30 px, 12 GiB as float32 RGB; over twice that is refused.
+MAX_PIXELS = 2 ** 30
+if PILImage.MAX_IMAGE_PIXELS is not None and PILImage.MAX_IMAGE_PIXELS < MAX_PIXELS:
+    PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _ORIENTATION_TAG = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -411,24 +418,47 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
 def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path]:
     """A single file as given, or the image files under a folder (recursively, by extension,
     case-insensitive), sorted by relative path; hidden files and folders and anything under
-    `exclude` (e.g. an output folder inside the input folder) are skipped."""
+    `exclude` (e.g. an output folder inside the input folder) are skipped. Symbolic links to
+    folders are followed (data sets are often linked in, as BasicSR's layouts do), each real
+    folder once, so a link back up the tree cannot loop."""
     path = Path(path)
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     skip = Path(exclude).resolve() if exclude is not None else None
-    found = []
-    for p in path.rglob("*"):
-        rel = p.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts):
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen or (skip is not None and _is_within(Path(real), skip)):
+            dirs[:] = []
             continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        if skip is not None and _is_within(p.resolve(), skip):
-            continue
-        found.append(p)
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            p = Path(folder, name)
+            if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+                continue
+            if skip is not None and _is_within(p.resolve(), skip):
+                continue
+            found.append(p)
     return sorted(found, key=lambda p: p.relative_to(path).as_posix())
+
+
+def read_rgb8(path: PathLike) -> np.ndarray:
+    """H x W x 3 uint8 with EXIF orientation applied, for the data pipelines (training patches,
+    `sdflow degrade`), which work in 8 bits: 16-bit samples are rounded to 8 bits (Pillow's own
+    RGB conversion would clip 16-bit grayscale to white), gray is repeated, alpha dropped."""
+    from PIL import ImageOps
+
+    with PILImage.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode == "F":
+            raise ImageReadError(path, "32-bit floating-point images are not supported")
+        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+            a = np.clip(np.asarray(im).astype(np.float64), 0, 65535) / 257.0
+            return np.repeat(np.rint(a).astype(np.uint8)[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
 
 
 def _is_within(p: Path, folder: Path) -> bool:

@@ -17,8 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
 
 def register(sub) -> None:
     from sdflow.data.degrade import PRESETS  # numpy only: keeps `sdflow --help` quick
@@ -45,15 +43,10 @@ def register(sub) -> None:
 
 
 def find_images(root: Path) -> list:
-    """Relative paths of the image files under root, sorted, hidden entries skipped."""
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTS:
-            found.append(rel)
-    return sorted(found, key=lambda r: r.as_posix())
+    """Relative paths of the image files under root (`sdflow.imageio.find_images`), sorted."""
+    from sdflow.imageio import find_images as find
+
+    return [p.relative_to(root) for p in find(root)]
 
 
 def output_names(rels: list) -> dict:
@@ -83,12 +76,9 @@ def split_unpaired(rels: list, seed: int, fraction: float):
 
 def load_rgb(path: Path):
     """uint8 H x W x 3, EXIF orientation applied; raises on anything unreadable."""
-    import numpy as np
-    from PIL import Image, ImageOps
+    from sdflow.imageio import read_rgb8
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+    return read_rgb8(path)
 
 
 def save_png(arr, path: Path) -> None:
@@ -116,7 +106,9 @@ def run(args) -> int:
         return 2
     rels = find_images(src)
     if not rels:
-        print(f"error: no images ({', '.join(sorted(IMAGE_EXTS))}) under {src}", file=sys.stderr)
+        from sdflow.imageio import IMAGE_EXTENSIONS
+
+        print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) under {src}", file=sys.stderr)
         return 1
     preset = get_preset(args.preset)
     names = output_names(rels)

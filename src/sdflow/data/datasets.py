@@ -19,33 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-log = logging.getLogger("sdflow.train")
+from sdflow.imageio import IMAGE_EXTENSIONS, find_images, read_rgb8 as read_rgb
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+log = logging.getLogger("sdflow.train")
 
 
 def list_images(root) -> List[Path]:
-    """Image files under `root`, recursively, sorted by relative path, hidden entries skipped."""
-    root = Path(root)
-    if not root.is_dir():
+    """Image files under the folder `root` (`sdflow.imageio.find_images`: recursive, symbolic
+    links followed, hidden entries skipped), sorted by relative path."""
+    if not Path(root).is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    found = []
-    for p in root.rglob("*"):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if p.suffix.lower() in IMAGE_EXTS and p.is_file():
-            found.append(p)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-def read_rgb(path) -> np.ndarray:
-    """H x W x 3 uint8, EXIF orientation applied (phone photos are stored sideways)."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+    return find_images(root)
 
 
 def usable_images(paths: Sequence[Path], min_side: int, what: str) -> List[Path]:
@@ -110,12 +94,17 @@ class UnpairedPatches(Dataset):
                  rot90: bool = True):
         self.hr_patch, self.lr_patch = hr_patch, lr_patch
         self.hflip, self.rot90 = hflip, rot90
-        self.hr_paths = usable_images(list_images(hr_dir), hr_patch, "HR")
-        self.lr_paths = usable_images(list_images(lr_dir), lr_patch, "LR")
+        found = {"HR": list_images(hr_dir), "LR": list_images(lr_dir)}
+        self.hr_paths = usable_images(found["HR"], hr_patch, "HR")
+        self.lr_paths = usable_images(found["LR"], lr_patch, "LR")
         for what, paths, folder in (("HR", self.hr_paths, hr_dir), ("LR", self.lr_paths, lr_dir)):
+            if not found[what]:
+                raise ValueError(f"{folder}: no {what} image files ({', '.join(IMAGE_EXTENSIONS)}) in it "
+                                 f"or its sub-folders")
             if not paths:
-                raise ValueError(f"{folder}: no usable {what} images (need image files with both sides "
-                                 f">= {hr_patch if what == 'HR' else lr_patch} px)")
+                raise ValueError(f"{folder}: none of its {len(found[what])} {what} image file(s) is usable "
+                                 f"(readable, both sides >= {hr_patch if what == 'HR' else lr_patch} px; "
+                                 f"the warnings above name each)")
         self._broken = set()
 
     def __len__(self) -> int:
