@@ -268,6 +268,24 @@ def test_an_image_too_small_for_ssim_does_not_blank_the_means(tmp_path):
     assert any(n.startswith("SR SSIM-Y: not defined for 1 image(s)") and "(b)" in n for n in res.notes)
 
 
+def test_grayscale_pairs_are_scored_on_the_gray_files_sdflow_writes(tmp_path, tiny_model_path):
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("g",))
+    for side in (hr_dir, lr_dir):
+        with PILImage.open(side / "g.png") as im:
+            im.convert("L").save(side / "g.png")
+    res = evaluate.evaluate_folders(hr_dir, lr_dir, model=sdflow.load(tiny_model_path), taus=[0.8],
+                                    seed=3, direction="both", progress=False, log=lambda m: None)
+    for direction, src, truth in (("sr", lr_dir, hr_dir), ("ds", hr_dir, lr_dir)):
+        assert run(direction, "-i", src / "g.png", "-o", tmp_path / direction, "--tau", "0.8", "--seed", "3",
+                   "--model", tiny_model_path) == 0
+        written, reference = read_image(tmp_path / direction / f"g_{direction}.png"), read_image(truth / "g.png")
+        assert written.grayscale
+        row = next(r for r in getattr(res, f"{direction}_rows") if r["method"] == "sdflow")
+        border = evaluate.SR_BORDER if direction == "sr" else 0
+        assert row["psnr_rgb"] == pytest.approx(
+            metrics.psnr(quantize(written.rgb), quantize(reference.rgb), crop_border=border), abs=1e-9)
+
+
 def test_no_pairs_and_bad_folders_are_usage_errors(tmp_path, capsys):
     hr_dir, lr_dir = make_pairs(tmp_path, names=("a",))
     (lr_dir / "a.png").rename(lr_dir / "z.png")

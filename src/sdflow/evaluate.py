@@ -10,8 +10,9 @@ The engine behind `sdflow eval` (and, for the bundled sample photos, `sdflow dem
     paths = evaluate.write_outputs(result, "out")       # CSV, JSON, Markdown, report.html
 
 Scoring rules, chosen so the numbers are those of the files `sdflow sr` / `sdflow ds` would write:
-* every output (model or bicubic) is clamped and rounded to its source's bit depth before it is
-  scored (the LR's for SR, the HR's for DS); the reference images are taken as stored;
+* every output (model or bicubic) is clamped and rounded to its source's bit depth, and made
+  gray (Rec. 601 luma) for a gray source, before it is scored (the LR is SR's source, the HR
+  DS's), as `sdflow sr/ds` write it; the reference images are taken as stored;
 * sample k of every image is drawn with seed `seed + k`, as `sdflow sr/ds --seed` draw it, through
   the same code path (`sdflow.inference.sample`, so large images are tiled as there);
 * SR against the HR: PSNR and SSIM on BT.601 luma (Y) and on RGB, with a 4-pixel border dropped
@@ -53,7 +54,7 @@ import torch
 import torch.nn as nn
 
 from sdflow import metrics
-from sdflow.imageio import Image, ImageReadError, find_images, quantize, read_image, to_tensor
+from sdflow.imageio import Image, ImageReadError, find_images, luminance, quantize, read_image, to_tensor
 from sdflow.resize import downscale as bicubic_down, upscale as bicubic_up
 
 __all__ = ["SCALE", "SR_BORDER", "DIRECTIONS", "Column", "SR_COLUMNS", "DS_COLUMNS", "Pair",
@@ -510,19 +511,19 @@ class _Run:
                 visual = Visual(pair.name, (top, left, side))
         sr_rows = ds_rows = []
         if direction in ("sr", "both"):
-            sr_rows = self._sr(pair.name, hr, lr, lr_img.bit_depth, visual)
+            sr_rows = self._sr(pair.name, hr, lr, (lr_img.bit_depth, lr_img.grayscale), visual)
         if direction in ("ds", "both"):
-            ds_rows = self._ds(pair.name, hr, lr, hr_img.bit_depth, visual)
+            ds_rows = self._ds(pair.name, hr, lr, (hr_img.bit_depth, hr_img.grayscale), visual)
         return sr_rows, ds_rows, visual
 
     # --- SR ---
 
-    def _sr(self, name, hr, lr, depth, visual):
+    def _sr(self, name, hr, lr, kind, visual):
         H, W = hr.shape[:2]
         x = self._tensor(lr)
 
         def finish(y: torch.Tensor) -> np.ndarray:
-            return _finish(y, depth, (H, W), "SR")
+            return _finish(y, kind, (H, W), "SR")
 
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -581,12 +582,12 @@ class _Run:
 
     # --- DS ---
 
-    def _ds(self, name, hr, lr, depth, visual):
+    def _ds(self, name, hr, lr, kind, visual):
         h, w = lr.shape[:2]
         y = self._tensor(hr)
 
         def finish(t: torch.Tensor) -> np.ndarray:
-            return _finish(t, depth, (h, w), "DS")
+            return _finish(t, kind, (h, w), "DS")
 
         real = _lr_stats(lr)
         rows = [{"image": name, "method": "real LR", "tau": None, "samples": None, **real}]
@@ -640,11 +641,16 @@ class _Run:
 _REPORT_SAMPLES = 3  # sample panels per tau in the report; more only widen the page
 
 
-def _finish(y: torch.Tensor, depth: int, size: Tuple[int, int], what: str) -> np.ndarray:
-    """Model/bicubic output [1,3,h,w] in [-1, 1] -> stored pixels at `depth`, cut to `size`."""
+def _finish(y: torch.Tensor, kind: Tuple[int, bool], size: Tuple[int, int], what: str) -> np.ndarray:
+    """Model/bicubic output [1,3,h,w] in [-1, 1] -> the pixels `sdflow sr/ds` would store for a
+    source of `kind` = (bit depth, grayscale), cut to `size`; gray stays replicated to 3 channels
+    as the reference images are read."""
     if not bool(torch.isfinite(y).all()):
         raise _PairError(f"{what} output is not finite (NaN or Inf); try a lower tau")
+    depth, gray = kind
     a = ((y[0].detach().float().cpu() + 1) / 2).permute(1, 2, 0).numpy()[:size[0], :size[1]]
+    if gray:
+        a = np.repeat(luminance(np.ascontiguousarray(a))[..., None], 3, axis=2)
     # C order like the reference images: numpy's matmul (the Y conversion) may sum in another
     # order for other strides, which turns identical pixels into a finite PSNR-Y of ~330 dB.
     return np.ascontiguousarray(quantize(a, 16 if depth == 16 else 8))
