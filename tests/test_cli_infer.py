@@ -177,10 +177,31 @@ def test_outputs_that_collide_fail_both_inputs(tmp_path, tiny_model_path, capsys
                   "--ext", "png") == 1
     assert files(tmp_path / "out") == ["b_sr.png"]
     out = capsys.readouterr().out
-    assert "a.png" in out and "a.jpg" in out
+    assert "a.png" in out and "a.jpg" in out and out.count("use --ext auto") == 2
     # With ext auto the two keep their own formats and do not collide.
     assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "auto", "--model", tiny_model_path) == 0
     assert files(tmp_path / "auto") == ["a_sr.jpg", "a_sr.png", "b_sr.png"]
+
+
+def test_collisions_say_what_would_help(tmp_path, tiny_model_path, capsys):
+    same = tmp_path / "same"
+    save(same / "a.png", 8, 8)
+    save(same / "a.webp", 8, 8, seed=1)
+    assert sdflow("sr", "-q", "-i", same, "-o", tmp_path / "out1", "--model", tiny_model_path) == 1
+    out = capsys.readouterr().out
+    # --ext auto is already the setting, and a .webp is written as PNG under it too.
+    assert out.count("rename one of them") == 2 and "--ext" not in out
+    assert not (tmp_path / "out1").exists()
+
+    cased = tmp_path / "cased"
+    save(cased / "a.png", 8, 8)
+    save(cased / "A.png", 8, 8, seed=1)
+    if len(list(cased.iterdir())) < 2:
+        pytest.skip("this file system does not tell a.png from A.png")
+    assert sdflow("sr", "-q", "-i", cased, "-o", tmp_path / "out2", "--model", tiny_model_path) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.count("differs only in letter case") == 2 and "case-insensitive file system" in out
+    assert "would also be the output" not in out and "--ext" not in out
 
 
 def test_usage_errors_exit_2(tmp_path, tiny_model_path, capsys):
@@ -246,6 +267,36 @@ def test_device_names_are_checked_when_parsed(command, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available"):
         infer_cmd.resolve_device("cuda:1")
+
+
+def test_seeds_beyond_torchs_range_are_usage_errors(tmp_path, tiny_model_path, capsys):
+    a = save(tmp_path / "a.png", 8, 8)
+    common = ["-q", "-i", a, "--model", tiny_model_path]
+    with pytest.raises(SystemExit) as e:
+        sdflow("sr", *common, "-o", tmp_path / "bad", "--seed", 2**64)
+    assert e.value.code == 2 and "2^64 - 1" in capsys.readouterr().err
+    # Sample 1 would need seed 2^64: refused before any model is loaded or file written.
+    assert sdflow("sr", *common, "-o", tmp_path / "bad", "--seed", 2**64 - 1, "--samples", 2) == 2
+    assert "above 18446744073709551615" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert sdflow("sr", *common, "-o", tmp_path / "top", "--seed", 2**64 - 2, "--samples", 2) == 0
+    assert files(tmp_path / "top") == ["a_sr_0.png", "a_sr_1.png"]
+
+
+def test_unknown_options_get_the_commands_usage_and_help_names_the_bundled_model(capsys):
+    with pytest.raises(SystemExit) as e:
+        sdflow("sr", "-i", "x", "-o", "y", "--component", "1")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "usage: sdflow sr " in err and "--outscale" in err
+    assert "sdflow sr: error: unrecognized arguments: --component 1" in err
+    with pytest.raises(SystemExit) as e:
+        sdflow("--bogus", "ds", "-i", "x", "-o", "y")
+    assert e.value.code == 2 and "sdflow: error: unrecognized arguments: --bogus" in capsys.readouterr().err
+    for mode in ("sr", "ds"):
+        with pytest.raises(SystemExit):
+            sdflow(mode, "-h")
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: the model bundled with sdflow, which --model default also names)" in text
 
 
 # ----- names, seeds, folders ------------------------------------------------------------------------
@@ -316,6 +367,48 @@ def test_output_folder_inside_input_folder_is_not_reprocessed(tmp_path, tiny_mod
     for _ in range(2):
         assert sdflow("sr", "-q", "-i", src, "-o", src / "out", "--model", tiny_model_path) == 0
     assert files(src) == ["a.png", "out/a_sr.png"]
+
+
+def test_writing_into_the_input_folder_can_be_rerun_and_resumed(tmp_path, tiny_model_path, capsys):
+    src = tmp_path / "in"
+    save(src / "a.png", 8, 8)
+    save(src / "b.jpg", 8, 8, seed=1)
+    save(src / "sub" / "c.png", 8, 8, seed=2)
+    save(src / "z_sr.png", 8, 8, seed=3)  # named like an output, but of no input beside it
+    inputs = {n: (src / n).read_bytes() for n in files(src)}
+    args = ["sr", "-q", "-i", src, "-o", src, "--model", tiny_model_path, "--samples", "2"]
+    assert sdflow(*args) == 0
+    made = ["a_sr_0.png", "a_sr_1.png", "b_sr_0.jpg", "b_sr_1.jpg", "sub/c_sr_0.png", "sub/c_sr_1.png",
+            "z_sr_sr_0.png", "z_sr_sr_1.png"]
+    assert files(src) == sorted([*inputs, *made])
+    first = {n: (src / n).read_bytes() for n in files(src)}
+    capsys.readouterr()
+
+    # A re-run reads the same four inputs and replaces only its own outputs (with the same bytes).
+    assert sdflow(*args) == 0
+    captured = capsys.readouterr()
+    assert "4 of 4 image(s) done, 8 file(s) written" in captured.out
+    assert "8 file(s) named as this command's outputs" in captured.err
+    assert {n: (src / n).read_bytes() for n in files(src)} == first
+
+    # Interrupted: one sample missing, another marked to see that it is kept.
+    (src / "a_sr_1.png").unlink()
+    (src / "b_sr_0.jpg").write_bytes(b"kept")
+    assert sdflow(*args, "--skip-existing") == 0
+    assert "1 of 4 image(s) done, 1 file(s) written, 3 skipped" in capsys.readouterr().out
+    assert (src / "a_sr_1.png").read_bytes() == first["a_sr_1.png"]
+    assert (src / "b_sr_0.jpg").read_bytes() == b"kept"
+    assert all((src / n).read_bytes() == data for n, data in inputs.items())
+    # One sample now: the earlier numbered files and this run's own are outputs, not inputs.
+    for _ in range(2):
+        assert sdflow(*args[:-2]) == 0
+        assert "4 of 4 image(s) done, 4 file(s) written" in capsys.readouterr().out
+    assert (src / "a_sr.png").is_file() and not (src / "a_sr_sr.png").exists()
+
+    # Without a suffix an output's name says nothing of its origin: real inputs stay protected.
+    assert sdflow("sr", "-q", "-i", src / "a.png", "-o", src, "--model", tiny_model_path, "--suffix", "") == 2
+    assert "non-empty --suffix" in capsys.readouterr().err
+    assert (src / "a.png").read_bytes() == inputs["a.png"]
 
 
 def test_ds_components_sampler_and_precision(tmp_path, tiny_model_path):

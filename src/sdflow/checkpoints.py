@@ -51,9 +51,26 @@ def save_model(model: SDFlow, path: PathLike, dtype: torch.dtype = None, metadat
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        # safetensors creates its file private (0600); a model is shared like any other file.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        # A half-written model can be as large as a whole one; never leave it behind.
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _umask() -> int:
+    try:  # Linux states it; setting it to read it would race with threads creating files.
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def _read_safetensors(path: Path):
@@ -210,10 +227,27 @@ def read_authors_folder(folder: PathLike):
             raise CheckpointError(f"{folder / f}: cannot read ({e})") from e
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"{folder / f}: holds {_kind(sd)}, not a state dict (names -> "
+                                  "tensors) of the authors' network")
         # Checkpoints saved from DataParallel carry a "module." prefix.
         sds[f[:-4]] = {k[7:] if k.startswith("module.") else k: v for k, v in sd.items()}
     state = convert_authors_state_dicts(sds)
-    return _infer_authors_config(state), state
+    try:
+        return _infer_authors_config(state), state
+    except (KeyError, IndexError, ValueError) as e:
+        # Every key was recognised, but a network is incomplete (a file of another version).
+        raise CheckpointError(f"{folder}: the authors' files lack weights the model needs "
+                              f"({type(e).__name__}: {e})") from e
+
+
+def _kind(obj) -> str:
+    if isinstance(obj, torch.Tensor):
+        return f"a single tensor of shape {tuple(obj.shape)}"
+    if isinstance(obj, dict):
+        bad = next(v for v in obj.values() if not isinstance(v, torch.Tensor))
+        return f"a dict with a {type(bad).__name__} among its values"
+    return f"a {type(obj).__name__}"
 
 
 # ----- loading -------------------------------------------------------------------------------
@@ -276,9 +310,11 @@ def convert_authors(folder: PathLike, out: PathLike, dtype: torch.dtype = None) 
 
 
 def describe(source: PathLike) -> dict:
+    """The config and the number of learned parameters; the state dict's buffers (ActNorm's
+    initialised flags, the 1x1 convolutions' permutations and signs) are not counted."""
     config, state = read_model_state(source)
-    return {"config": config.to_dict(),
-            "parameters": int(sum(v.numel() for k, v in state.items() if not k.endswith("initialized")))}
+    names = [n for n, _ in SDFlow(config).named_parameters()]
+    return {"config": config.to_dict(), "parameters": int(sum(state[n].numel() for n in names if n in state))}
 
 
 __all__ = ["save_model", "load", "bundled_model_path", "bundled_metadata", "convert_authors", "convert_authors_state_dicts", "read_model_state",

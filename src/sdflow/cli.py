@@ -41,6 +41,8 @@ def build_parser(command: str = None) -> argparse.ArgumentParser:
     for name, _, help_line in COMMANDS:
         if name not in sub.choices:
             sub.add_parser(name, help=help_line)
+    # main() reports an option unknown to a command with that command's usage.
+    parser.commands = sub.choices
     return parser
 
 
@@ -48,7 +50,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command)
-    args = parser.parse_args(argv)
+    # parse_args would blame the top-level parser, whose usage does not list the command's options.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Options before the command name are the top-level parser's.
+        before = argv[:argv.index(args.command)] if args.command in argv else []
+        owner = parser if any(u in before for u in unknown) else parser.commands[args.command]
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -10,6 +10,11 @@ had under the input folder (a single input file goes straight into the output fo
 ext "auto": JPEG inputs (.jpg, .jpeg) give .jpg; every other input (PNG, WebP, BMP, TIFF) gives .png,
 which is lossless and the one format here that keeps alpha and 16 bits.
 
+Outputs may go into the input folder: a file there named as the output of another input beside it
+(a_sr.png, a_sr_1.png beside a.png, with the suffix in use; none with an empty suffix) is taken for
+an earlier run's output, not an input, so a re-run replaces it and --skip-existing keeps it. Other
+inputs are never overwritten.
+
 Seeds: sample k of every image is drawn with a generator seeded with `seed + k` on the model's
 device, so a file's outputs depend only on (model, image, options, seed, k): not on which other
 files are in the batch or their order. A consequence worth knowing: sample k of seed S equals
@@ -24,6 +29,7 @@ import collections
 import contextlib
 import itertools
 import math
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +50,8 @@ EXTS = ("auto", "png", "jpg")
 SAMPLERS = ("image", "element")
 SCALE = 4
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
+# torch.Generator.manual_seed takes an unsigned 64-bit integer.
+MAX_SEED = 2**64 - 1
 
 
 class InferenceError(ValueError):
@@ -77,6 +85,11 @@ class Options:
             raise InferenceError(f"samples must be a whole number >= 1, got {self.samples!r}")
         if int(self.seed) != self.seed or self.seed < 0:
             raise InferenceError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if int(self.seed) + int(self.samples) - 1 > MAX_SEED:
+            last = int(self.seed) + int(self.samples) - 1
+            raise InferenceError(f"seed {self.seed} with {self.samples} sample(s) would use seeds up to "
+                                 f"{last}, above {MAX_SEED} (2^64 - 1), the largest seed torch accepts; "
+                                 "sample k is drawn with seed + k")
         if self.ext not in EXTS:
             raise InferenceError(f"ext must be one of {EXTS}, got {self.ext!r}")
         if self.sampler not in SAMPLERS:
@@ -177,9 +190,56 @@ def output_names(rel: Path, options: Options) -> List[Path]:
     return [rel.with_name(f"{stem}_{k}.{ext}") for k in range(options.samples)]
 
 
-def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Options) -> List[Job]:
+def _own_output_stems(name: str, suffix: str) -> List[str]:
+    """The input stems whose output (with `suffix`, any sample number, a format sdflow writes)
+    could be called `name`; [] when no output of this command is called that."""
+    base, dot, ext = name.rpartition(".")
+    if not dot or ext not in ("png", "jpg"):
+        return []
+    stems = []
+    tail = f"_{suffix}"
+    if base.endswith(tail):
+        stems.append(base[:-len(tail)])
+    numbered = re.fullmatch(rf"(.+){re.escape(tail)}_\d+", base)
+    if numbered:
+        stems.append(numbered[1])
+    return [s for s in stems if s]
+
+
+def _earlier_outputs(sources: List[Path], rels: List[Path], output_dir: Path, options: Options) -> set:
+    """Indices of the sources that are this command's outputs of other sources: files that an
+    earlier run wrote where this one writes (`-o` the input folder), named <stem>_<suffix>[_<k>].
+    png|jpg after another input beside them. Reading them as inputs would make a re-run fail on
+    its own outputs and --skip-existing unable to resume. With an empty suffix an output's name
+    says nothing of its origin (frame_1.png), so none is set aside and the overwrite check guards."""
+    if not options.name_suffix:
+        return set()
+    folders = {}
+
+    def real(folder: Path) -> Path:
+        if folder not in folders:
+            folders[folder] = folder.resolve()
+        return folders[folder]
+
+    # Where each source's outputs land, by (real folder, stem).
+    makers = {}
+    for i, rel in enumerate(rels):
+        makers.setdefault((real(output_dir / rel.parent), rel.stem), set()).add(i)
+    found = set()
+    for i, source in enumerate(sources):
+        for stem in _own_output_stems(source.name, options.name_suffix):
+            if makers.get((real(source.parent), stem), set()) - {i}:
+                found.add(i)
+                break
+    return found
+
+
+def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
+         log: Optional[Callable[[str], None]] = None) -> List[Job]:
     """The jobs for a file or a folder (searched recursively). Raises InferenceError when the input
-    is missing or holds no images, or when an output would replace an input file."""
+    is missing or holds no images, or when an output would replace an input file. In a folder,
+    files named as this command's outputs of other inputs in the folder they would be written to
+    (an earlier run into the input folder) are not inputs; `log` is told how many were set aside."""
     input_path, output_dir = Path(input_path), Path(output_dir)
     if not input_path.exists():
         raise InferenceError(f"input not found: {input_path}")
@@ -190,6 +250,14 @@ def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Op
         inside = output_dir.resolve() != input_path.resolve()
         sources = find_images(input_path, exclude=output_dir if inside else None)
         rels = [s.relative_to(input_path) for s in sources]
+        earlier = _earlier_outputs(sources, rels, output_dir, options)
+        if earlier:
+            first = sources[min(earlier)]
+            sources = [s for i, s in enumerate(sources) if i not in earlier]
+            rels = [r for i, r in enumerate(rels) if i not in earlier]
+            if log is not None:
+                log(f"{len(earlier)} file(s) named as this command's outputs of other inputs beside "
+                    f"them (e.g. {first}) are not read as inputs")
     else:
         sources, rels = [input_path], [Path(input_path.name)]
     if not sources:
@@ -199,24 +267,47 @@ def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Op
     inputs = {s.resolve() for s in sources}
     clobbered = [o for j in jobs for o in j.outputs if o.resolve() in inputs]
     if clobbered:
+        fix = "another --suffix" if options.name_suffix else "a non-empty --suffix"
         raise InferenceError(f"output {clobbered[0]} would overwrite an input file"
                              + (f" ({len(clobbered)} in all)" if len(clobbered) > 1 else "")
-                             + "; choose another output folder or a non-empty --suffix")
+                             + f"; choose another output folder or {fix}")
 
-    # Two inputs that map to one output (a.jpg and a.png with --ext png) would silently overwrite
-    # each other; both fail rather than letting the order of files decide the winner. The key is
-    # case-folded because macOS and Windows file systems are.
-    owners = {}
+    # Two inputs that map to one output (a.png and a.webp) would silently overwrite each other;
+    # both fail rather than letting the order of files decide the winner. Names that differ only
+    # in case (a.png, A.png) fail too, on every system: on macOS and Windows they are one file,
+    # and a folder's results should not depend on where it is processed.
+    owners = collections.defaultdict(list)
     for j in jobs:
         for o in j.outputs:
-            owners.setdefault(o.as_posix().casefold(), []).append(j)
+            owners[o.as_posix().casefold()].append((j, o))
     for group in owners.values():
-        if len(group) > 1:
-            for j in group:
-                others = ", ".join(str(g.source) for g in group if g is not j)
-                j.error = (f"its output {j.outputs[0].name} would also be the output of {others}; "
-                           "rename one or use --ext auto")
+        if len(group) < 2:
+            continue
+        for j, o in group:
+            if j.error is None:
+                j.error = _collision(j, o, [(g, p) for g, p in group if g is not j], options)
     return jobs
+
+
+def _collision(job: Job, out: Path, others: List[tuple], options: Options) -> str:
+    """Why `job` fails: its output `out` is also that of the `others` ((job, output) pairs), by
+    name or by a name that differs only in letter case; and what would help."""
+    reasons = []
+    same = [g for g, p in others if p == out]
+    if same:
+        reasons.append(f"its output {out.name} would also be the output of "
+                       f"{', '.join(str(g.source) for g in same)}")
+    cased = [(g, p) for g, p in others if p != out]
+    if cased:
+        names = ", ".join(sorted({p.name for _, p in cased}))
+        reasons.append(f"its output {out.name} differs only in letter case from {names}, the output of "
+                       f"{', '.join(str(g.source) for g, _ in cased)}: a case-insensitive file system "
+                       "(macOS, Windows) would merge them into one file")
+    # --ext png / jpg can map a.png and a.jpg to one name that --ext auto keeps apart.
+    by_format = same and not cased and options.ext != "auto" and all(
+        output_extension(g.source) != output_extension(job.source) for g in same)
+    fix = "use --ext auto, which keeps JPEG as .jpg" if by_format else "rename one of them"
+    return "; ".join(reasons) + f"; {fix}"
 
 
 # ----- running ------------------------------------------------------------------------------

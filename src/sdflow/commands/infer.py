@@ -14,6 +14,8 @@ from typing import Optional
 
 # fp32, bf16 and fp16 run the fused fast path (sdflow.fast) on a float32 model; fp64 the plain model.
 PRECISIONS = {"fp32": "float32", "bf16": "float32", "fp16": "float32", "fp64": "float64"}
+# sdflow.inference.MAX_SEED, repeated so that parsing does not import torch.
+MAX_SEED = 2**64 - 1
 
 
 def default_model_source():
@@ -57,14 +59,15 @@ def _add_common(p: argparse.ArgumentParser, mode: str) -> None:
                    help="output folder; input sub-folders are recreated in it")
     p.add_argument("--model", "-m", default=None, metavar="SRC",
                    help="an sdflow .safetensors file, a training checkpoint or run folder, or the "
-                        "authors' folder of .pth files")
+                        "authors' folder of .pth files (default: the model bundled with sdflow, "
+                        "which --model default also names)")
     p.add_argument("--tau", type=_non_negative_float, default=0.8,
                    help="sampling temperature; 0 gives the mode (default: 0.8)")
     p.add_argument("--samples", "-n", type=_positive_int, default=1, metavar="N",
                    help="outputs per image, named _0 .. _N-1 when N > 1 (default: 1)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
-                   help="sample k is drawn with seed S + k: the same seed gives the same files "
-                        "(default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="sample k is drawn with seed S + k: the same seed gives the same files; "
+                        "S + N - 1 must not exceed 2^64 - 1 (default: 0)")
     add_device_argument(p)
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="model arithmetic. fp32, bf16, fp16 run the fused fast path (fp32: the model's "
@@ -110,6 +113,13 @@ def _non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _non_negative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most 2^64 - 1 = {MAX_SEED}, got {value}")
     return value
 
 
@@ -207,7 +217,7 @@ def run(args) -> int:
                           tile_pad=args.tile_pad, workers=args.workers, batch_size=args.batch_size,
                           skip_existing=args.skip_existing, outscale=getattr(args, "outscale", None))
         # Inputs first: a typo in -i should not cost a model load.
-        jobs = plan(args.input, args.output, options)
+        jobs = plan(args.input, args.output, options, log=lambda msg: print(f"note: {msg}", file=sys.stderr))
     except InferenceError as e:
         return _usage_error(str(e))
 
