@@ -281,6 +281,10 @@ def test_seeds_beyond_torchs_range_are_usage_errors(tmp_path, tiny_model_path, c
     assert not (tmp_path / "bad").exists()
     assert sdflow("sr", *common, "-o", tmp_path / "top", "--seed", 2**64 - 2, "--samples", 2) == 0
     assert files(tmp_path / "top") == ["a_sr_0.png", "a_sr_1.png"]
+    # eval and demo draw their samples the same way.
+    for command in (["eval", "--hr", tmp_path, "--lr", tmp_path, "-o", tmp_path / "ev"], ["demo", "-o", tmp_path / "dm"]):
+        assert sdflow(*command, "--seed", 2**64 - 1, "--samples", 2) == 2
+        assert "above 18446744073709551615" in capsys.readouterr().err
 
 
 def test_unknown_options_get_the_commands_usage_and_help_names_the_bundled_model(capsys):

@@ -54,6 +54,15 @@ _JPEG_SUFFIXES = (".jpg", ".jpeg")
 MAX_SEED = 2**64 - 1
 
 
+def seed_range_error(seed: int, samples: int) -> Optional[str]:
+    """Why sample seeds seed .. seed + samples - 1 do not all fit torch's generator, or None."""
+    last = int(seed) + int(samples) - 1
+    if last <= MAX_SEED:
+        return None
+    return (f"seed {seed} with {samples} sample(s) would use seeds up to {last}, above {MAX_SEED} "
+            "(2^64 - 1), the largest seed torch accepts; sample k is drawn with seed + k")
+
+
 class InferenceError(ValueError):
     """The request as a whole cannot be carried out (bad options, no inputs, outputs that would
     overwrite inputs); nothing has been written."""
@@ -85,11 +94,8 @@ class Options:
             raise InferenceError(f"samples must be a whole number >= 1, got {self.samples!r}")
         if int(self.seed) != self.seed or self.seed < 0:
             raise InferenceError(f"seed must be a whole number >= 0, got {self.seed!r}")
-        if int(self.seed) + int(self.samples) - 1 > MAX_SEED:
-            last = int(self.seed) + int(self.samples) - 1
-            raise InferenceError(f"seed {self.seed} with {self.samples} sample(s) would use seeds up to "
-                                 f"{last}, above {MAX_SEED} (2^64 - 1), the largest seed torch accepts; "
-                                 "sample k is drawn with seed + k")
+        if seed_range_error(self.seed, self.samples):
+            raise InferenceError(seed_range_error(self.seed, self.samples))
         if self.ext not in EXTS:
             raise InferenceError(f"ext must be one of {EXTS}, got {self.ext!r}")
         if self.sampler not in SAMPLERS:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int, _usage_error,
-                                   add_device_argument)
+from sdflow.commands.infer import (_non_negative_float, _positive_int, _seed, _usage_error,
+                                   add_device_argument, seed_range_error)
 
 DEFAULT_TAUS = (0.0, 0.4, 0.8)
 FALLBACK_PRESET = "realistic"
@@ -35,7 +35,7 @@ def register(sub) -> None:
                    metavar="T", help="sampling temperatures (default: 0 0.4 0.8)")
     p.add_argument("--samples", "-n", type=_positive_int, default=2, metavar="N",
                    help="samples per image and tau (default: 2)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the degradations and of the samples (default: 0)")
     add_device_argument(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -51,6 +51,8 @@ def run(args) -> int:
     from sdflow.data.degrade import PRESETS
     from sdflow.imageio import write_image
 
+    if seed_range_error(args.seed, args.samples):
+        return _usage_error(seed_range_error(args.seed, args.samples))
     source = args.model if args.model is not None else default_model_source()
     if source is None:
         return _usage_error("this installation ships no bundled model; give one with --model")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int, _usage_error,
-                                   add_device_argument)
+from sdflow.commands.infer import (_non_negative_float, _non_negative_int, _positive_int, _seed, _usage_error,
+                                   add_device_argument, seed_range_error)
 
 
 def register(sub) -> None:
@@ -38,7 +38,7 @@ def register(sub) -> None:
                    help="sampling temperatures; SR at 0 is the usual headline number (default: 0 0.8)")
     p.add_argument("--samples", "-n", type=_positive_int, default=1, metavar="N",
                    help="samples per image and tau; diversity needs 2 or more (default: 1)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+    p.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="sample k is drawn with seed S + k, as by `sdflow sr/ds` (default: 0)")
     add_device_argument(p)
     p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
@@ -64,6 +64,8 @@ def run(args) -> int:
     from sdflow.checkpoints import CheckpointError, load
     from sdflow.commands.infer import default_model_source, resolve_device
 
+    if seed_range_error(args.seed, args.samples):
+        return _usage_error(seed_range_error(args.seed, args.samples))
     for flag, folder in (("--hr", args.hr), ("--lr", args.lr)):
         if not folder.is_dir():
             return _usage_error(f"{flag}: no such folder: {folder}")

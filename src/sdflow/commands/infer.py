@@ -123,6 +123,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def seed_range_error(seed: int, samples: int):
+    """`sdflow.inference.seed_range_error`, imported when a command runs (it needs torch)."""
+    from sdflow.inference import seed_range_error as check
+
+    return check(seed, samples)
+
+
 def _positive_float(text: str) -> float:
     value = _non_negative_float(text)
     if value == 0:
