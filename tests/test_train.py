@@ -117,6 +117,32 @@ def test_overrides_parse_types_and_reject_unknown_keys(data):
     assert TrainConfig.from_dict({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
 
 
+@pytest.mark.parametrize("override, message", [
+    ("log.every=0", "log.every must be an integer >= 1, got 0"),
+    ("train.max_consecutive_skips=0", "train.max_consecutive_skips must be an integer >= 1, got 0"),
+    ("model.coupling_hidden=-4", "model.coupling_hidden must be an integer >= 1, got -4"),
+    ("model.coupling_hidden=0", "model.coupling_hidden must be an integer >= 1, got 0"),
+    ("model.coupling_hidden=abc", "model.coupling_hidden: expected int, got 'abc'"),
+    ("model.hf_rrdb_blocks=-1", "model.hf_rrdb_blocks must be an integer >= 0, got -1"),
+    ("checkpoint.every=-1", "checkpoint.every must be an integer >= 0, got -1"),
+    ("optim.lr=.inf", "optim.lr must be a finite number > 0, got inf"),
+    ("optim.lr=0", "optim.lr must be a finite number > 0, got 0.0"),
+    ("loss.nll_hr=.nan", "loss.nll_hr must be a finite number >= 0, got nan"),
+    ("loss.sr_cycle=-1", "loss.sr_cycle must be a finite number >= 0, got -1.0"),
+    ("optim.betas=[0.9,1]", "optim.betas must be two numbers in [0, 1)"),
+])
+def test_out_of_range_values_are_usage_errors_naming_the_key(data, tmp_path, capsys, override, message):
+    from sdflow.commands import train as cmd
+
+    cfg_path = tmp_path / "c.yaml"
+    make_cfg(data).save(cfg_path)
+    assert cmd.main(["--config", str(cfg_path), "--out", str(tmp_path / "run"), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    # The block counts of the model may be 0, its widths may not.
+    make_cfg(data, **{"model.hf_rrdb_blocks": 0}).model_config()
+
+
 def test_paper_and_tiny_configs(tmp_path):
     paper = TrainConfig.load(REPO / "configs" / "paper.yaml")
     assert paper.model_config() == ModelConfig.preset("paper")
@@ -555,6 +581,105 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
     assert not diff, f"resumed run differs in {diff[:5]}"
 
 
+_KILL_GROUP_AT_STEP_2 = """
+import os, signal, subprocess, sys
+from sdflow.commands import train as cmd
+from sdflow.train import loop
+
+def kill_group(trainer):
+    # Sent by another process, as a shell's kill or a terminal is: a worker killed by its
+    # own parent would exit quietly, and the defect would not show.
+    if trainer.step == 2:
+        subprocess.run([sys.executable, "-c", "import os, signal, sys; "
+                        "os.killpg(int(sys.argv[1]), signal.SIGTERM)", str(os.getpgrp())])
+
+plain = loop.train
+loop.train = lambda cfg, out, resume=False: plain(cfg, out, resume, on_step_end=kill_group)
+sys.exit(cmd.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_and_exits_130(data, tmp_path):
+    import subprocess
+    import sys
+
+    cfg_path = tmp_path / "c.yaml"
+    make_cfg(data, **{"train.steps": 5, "data.num_workers": 2}).save(cfg_path)
+    run = tmp_path / "run"
+    # A session of its own: the signal goes to the trainer and its workers, not to pytest.
+    p = subprocess.Popen([sys.executable, "-c", _KILL_GROUP_AT_STEP_2, "--config", str(cfg_path),
+                          "--out", str(run)], start_new_session=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 130, out
+    # The handler may run only once the next step is under way; that one is finished too.
+    saved = ckpt_io.list_checkpoints(run)
+    assert len(saved) == 1 and 2 <= ckpt_io.load_checkpoint(saved[0])["step"] < 5, out
+    with pytest.raises(ProcessLookupError):  # the workers have gone with their parent
+        os.killpg(p.pid, 0)
+    from sdflow.commands import train as cmd
+    assert cmd.main(["--out", str(run), "--resume"]) == 0
+    assert f"resumed from {saved[0].name}" in (run / "train.log").read_text()
+    assert ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(run))["step"] == 5
+
+
+@pytest.mark.parametrize("off", ["nll_hr", "nll_lr"])
+def test_actnorm_is_initialised_with_a_likelihood_term_off(data, tmp_path, off):
+    cfg = make_cfg(data, **{f"loss.{off}": 0, "train.steps": 1, "train.stage1_steps": 1})
+    assert train(cfg, tmp_path / "run")["step"] == 1
+    ck = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "run"))
+    flags = {k: float(v) for k, v in ck["model"].items() if k.endswith(".initialized")}
+    # The switched-off term's flows too: f_HF for nll_hr, f_Deg for nll_lr.
+    assert any(k.startswith("f_hf.") for k in flags) and any(k.startswith("f_deg.") for k in flags)
+    assert set(flags.values()) == {1.0}
+
+
+def test_run_extended_past_stage_1_starts_its_image_critics_fresh(data, tmp_path):
+    # A constant learning rate: the milestones would otherwise move with train.steps.
+    over = {"train.stage1_steps": 4, "optim.lr_milestones": "[]"}
+    train(make_cfg(data, **over, **{"train.steps": 6}), tmp_path / "whole")
+    short = make_cfg(data, **over, **{"train.steps": 3})
+    train(short, tmp_path / "ext")
+    assert set(ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "ext"))["critics"]) == {"content"}
+    s = train(short.with_overrides(["train.steps=6"]), tmp_path / "ext", resume=True)
+    assert s["step"] == 6 and {"d_hr", "d_lr"} <= set(s["last_terms"])
+    assert "start fresh" in (tmp_path / "ext" / "train.log").read_text()
+    # Fresh critics are those an uninterrupted run has at its stage 1's end: the same run.
+    a, b = all_state(tmp_path / "whole"), all_state(tmp_path / "ext")
+    assert a.keys() == b.keys() and any(k.startswith("critic.hr") for k in a)
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"extended run differs in {diff[:5]}"
+
+
+def test_checkpoint_past_stage_1_without_image_critics_is_refused(data, tmp_path):
+    cfg = make_cfg(data, **{"loss.gan": 0, "train.steps": 4, "train.stage1_steps": 2})
+    train(cfg, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"no weights for discriminator\(s\) \['hr', 'lr'\]"):
+        train(cfg.with_overrides(["loss.gan=0.1", "train.steps=5"]), tmp_path / "run", resume=True)
+
+
+def test_resume_keeps_the_checkpoint_steps_tensorboard_events(data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_3(trainer):
+        if trainer.step == 3:  # logged step 3, but its checkpoint is step 2's
+            raise Crash
+
+    cfg = make_cfg(data, **{"train.steps": 4, "train.stage1_steps": 10, "log.every": 1,
+                            "log.tensorboard": "true", "checkpoint.every": 2})
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "run", on_step_end=crash_after_3)
+    assert ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "run"))["step"] == 2
+    train(cfg, tmp_path / "run", resume=True)
+    ea = EventAccumulator(str(tmp_path / "run" / "tb"))
+    ea.Reload()
+    # Step 3 once (the resumed run's), step 2 kept: nothing lost, nothing doubled.
+    assert [e.step for e in ea.Scalars("loss/total")] == [1, 2, 3, 4]
+
+
 def test_non_finite_step_is_skipped_never_applied(data, tmp_path):
     cfg = make_cfg(data, **{"debug.inject_nan_steps": "[1]", "train.steps": 3, "train.stage1_steps": 10})
     snaps = {}
@@ -569,7 +694,8 @@ def test_non_finite_step_is_skipped_never_applied(data, tmp_path):
     # ...while the steps around it did move them.
     assert not all(torch.equal(snaps[2][k], snaps[3][k]) for k in snaps[2])
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "step 1: skipped (injected NaN" in log and "skipped 1" in log
+    # Numbered as the log's "step N/total" lines: the second step is step 2.
+    assert "step 2: skipped (injected NaN" in log and "skipped 1" in log
     ck = ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "run"))
     assert ck["counters"]["skipped"] == 1
     # Adam took two steps, not three.
@@ -577,10 +703,26 @@ def test_non_finite_step_is_skipped_never_applied(data, tmp_path):
 
 
 def test_consecutive_non_finite_steps_stop_the_run(data, tmp_path):
-    cfg = make_cfg(data, **{"debug.inject_nan_steps": "[1, 2, 3]", "train.max_consecutive_skips": 3})
-    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
-        train(cfg, tmp_path / "run")
-    assert "consecutive steps had a non-finite" in (tmp_path / "run" / "train.log").read_text()
+    cfg = make_cfg(data, **{"debug.inject_nan_steps": "[1, 2, 3]", "train.max_consecutive_skips": 3,
+                            "checkpoint.every": 1, "checkpoint.keep": 1})
+    snaps = {}
+
+    def snap(trainer):
+        snaps[trainer.step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    run = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match=r"3 consecutive steps.*ckpt-00000004\.pt holds the weights "
+                                               r"of the last good step \(1\)"):
+        train(cfg, run, on_step_end=snap)
+    assert "consecutive steps had a non-finite" in (run / "train.log").read_text()
+    # Saved without pruning (checkpoint.keep=1): the one before stays for a resume from it.
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+    ck = ckpt_io.load_checkpoint(run / "ckpt-00000004.pt")
+    assert ck["step"] == 4 and ck["counters"]["skipped"] == 3
+    assert all(torch.equal(ck["model"][k], snaps[1][k]) for k in snaps[1])
+    # It resumes: the injected steps are behind it.
+    s = train(cfg, run, resume=True)
+    assert s["step"] == 6 and s["skipped"] == 3
 
 
 def test_cli_builds_config_and_reports_errors(data, tmp_path, capsys):
@@ -604,6 +746,22 @@ def test_cli_builds_config_and_reports_errors(data, tmp_path, capsys):
     assert cmd.main(["--out", str(tmp_path / "nothing")]) == 2
     assert cmd.main(["--config", str(cfg_path), "--out", str(tmp_path / "x"), "--set", "optim.nope=1"]) == 2
     assert "optim.nope" in capsys.readouterr().err
+
+
+def test_refused_resume_leaves_the_runs_config_alone(data, tmp_path, capsys):
+    from sdflow.commands import train as cmd
+
+    cfg_path = tmp_path / "c.yaml"
+    make_cfg(data, **{"train.steps": 1}).save(cfg_path)
+    run = tmp_path / "run"
+    assert cmd.main(["--config", str(cfg_path), "--out", str(run)]) == 0
+    before = (run / "config.yaml").read_text()
+    # Another model size: the checkpoint does not fit and the resume is refused.
+    assert cmd.main(["--config", str(cfg_path), "--out", str(run), "--resume", "--steps", "2",
+                     "--set", "model.coupling_hidden=8"]) == 2
+    assert "differs from the config" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before
+    assert cmd.main(["--out", str(run), "--resume", "--steps", "2"]) == 0
 
 
 def test_missing_tensorboard_is_a_warning_not_an_error(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """Two-process training under torchrun (gloo on CPU): replicas stay identical, ActNorm is
-initialised from statistics of both ranks, and an interrupted DDP run resumes exactly."""
+initialised from statistics of both ranks, an interrupted DDP run resumes exactly, and a
+SIGTERM to torchrun with DataLoader workers on still saves a checkpoint."""
 import os
 import subprocess
 import sys
@@ -49,14 +50,18 @@ def state(run_dir):
     return ck, out
 
 
-def test_two_ranks_stay_identical_and_resume_exactly(data, tmp_path):
+def tiny_config(path, *extra):
     cfg = TrainConfig.from_dict(apply_overrides({}, [
         "model.preset=tiny", "data.hr_patch=32", "data.lr_patch=8", "data.batch_size=4", "data.num_workers=0",
         "train.steps=5", "train.stage1_steps=2", "train.device=cpu", "log.every=1", "log.tensorboard=false",
         "log.image_every=0", "checkpoint.every=0", "disc.latent_channels=8", "disc.latent_layers=1",
-        "disc.image_channels=8", "disc.hr_layers=2", "disc.lr_layers=1"]))
-    cfg_path = tmp_path / "cfg.yaml"
-    cfg.save(cfg_path)
+        "disc.image_channels=8", "disc.hr_layers=2", "disc.lr_layers=1", *extra]))
+    cfg.save(path)
+    return path
+
+
+def test_two_ranks_stay_identical_and_resume_exactly(data, tmp_path):
+    cfg_path = tiny_config(tmp_path / "cfg.yaml")
     common = ["--config", str(cfg_path), "--hr", str(data / "hr"), "--lr", str(data / "lr")]
 
     torchrun(tmp_path / "a", *common)
@@ -77,3 +82,38 @@ def test_two_ranks_stay_identical_and_resume_exactly(data, tmp_path):
     assert ck_b["step"] == 5
     diff = [k for k in a if not torch.equal(a[k], b[k])]
     assert not diff, f"resumed DDP run differs in {diff[:5]}"
+
+
+# Rank 0 has another process send SIGTERM to torchrun after step 2, as `kill` from a shell
+# would; torchrun passes it on to each rank's process group, DataLoader workers included.
+_TERM_TORCHRUN_AT_STEP_2 = """
+import os, subprocess, sys
+from sdflow.commands import train as cmd
+from sdflow.train import loop
+
+def term_torchrun(trainer):
+    if trainer.step == 2 and trainer.dist.is_main:
+        subprocess.run([sys.executable, "-c", "import os, signal, sys; "
+                        "os.kill(int(sys.argv[1]), signal.SIGTERM)", str(os.getppid())])
+
+plain = loop.train
+loop.train = lambda cfg, out, resume=False: plain(cfg, out, resume, on_step_end=term_torchrun)
+sys.exit(cmd.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_torchrun_with_workers_saves_a_checkpoint(data, tmp_path):
+    script = tmp_path / "term.py"
+    script.write_text(_TERM_TORCHRUN_AT_STEP_2)
+    cfg_path = tiny_config(tmp_path / "cfg.yaml", "train.steps=6", "data.num_workers=1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        str(script), "--out", str(tmp_path / "run"), "--config", str(cfg_path),
+                        "--hr", str(data / "hr"), "--lr", str(data / "lr")],
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=240)
+    report = f"torchrun exit {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    assert "killed by signal" not in p.stderr, report
+    saved = ckpt_io.list_checkpoints(tmp_path / "run")
+    # Both ranks stop after the same step, whichever of them saw the signal first.
+    assert len(saved) == 1 and 2 <= ckpt_io.load_checkpoint(saved[0])["step"] < 6, report
+    torchrun(tmp_path / "run", "--resume")
+    assert ckpt_io.load_checkpoint(ckpt_io.latest_checkpoint(tmp_path / "run"))["step"] == 6

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -175,6 +176,12 @@ class UnpairedStream(Sampler):
 
 
 def _worker_init(worker_id: int) -> None:
+    # Ctrl-C and `kill -TERM` to the process group (torchrun forwards signals that way) reach
+    # the workers too, and a worker that dies of one makes the training process raise at once,
+    # before it can finish its step and save. The training process owns the graceful stop;
+    # the workers end when the loader shuts them down.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
     # The samples carry their own seeds; seeding the worker's global generators as well
     # keeps any library that draws from them repeatable too.
     info = torch.utils.data.get_worker_info()

@@ -7,6 +7,7 @@ misspelt loss weight would otherwise train a different objective without a word.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,23 @@ class DebugConfig:
     interrupt_after_step: int = 0
 
 
+# The least value of each ModelConfig size: widths need a channel, flows a step; the
+# networks' block counts may be 0.
+_MODEL_MINIMUM = {"hr_steps": 1, "lr_steps": 1, "hf_steps": 1, "deg_steps": 1, "coupling_hidden": 1,
+                  "cond_channels": 1, "hf_rrdb_blocks": 0, "deg_rrdb_blocks": 0, "rrdb_growth": 1,
+                  "mixture_components": 1, "extractor_channels": 1, "extractor_blocks": 0,
+                  "extractor_modulation_convs": 0}
+
+
+def _at_least(key: str, value, low: float, strict: bool = False) -> None:
+    """Raise a ValueError naming `key` and its range unless `value` is finite and >= `low`
+    (> with `strict`). NaN and infinities fail: they would pass a bare comparison or
+    surface steps later as skipped steps."""
+    if (isinstance(value, float) and not math.isfinite(value)) or (value <= low if strict else value < low):
+        kind = "an integer" if isinstance(value, int) else "a finite number"
+        raise ValueError(f"{key} must be {kind} {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
 def hf_levels_min_side(levels: int) -> int:
     """The smallest image side that `objective.hf_distribution_l1` with `levels` scales takes:
     each level halves the side, and the 3x3 high-pass of the last needs 3 pixels."""
@@ -209,6 +227,10 @@ class TrainConfig:
         unknown = set(m) - set(base)
         if unknown:
             raise ValueError(f"unknown model keys {sorted(unknown)}; valid: preset, {', '.join(base)}")
+        for k, v in m.items():
+            # The section is a free mapping, so its values arrive unchecked by _build.
+            m[k] = _coerce(int, v, f"model.{k}")
+            _at_least(f"model.{k}", m[k], _MODEL_MINIMUM.get(k, 1))
         base.update(m)
         return ModelConfig.from_dict(base)
 
@@ -240,10 +262,34 @@ class TrainConfig:
             raise ValueError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
-        if t.steps < 1 or t.grad_accum < 1 or d.batch_size < 1:
-            raise ValueError("train.steps, train.grad_accum and data.batch_size must be positive")
-        if not 0 <= t.stage1_steps:
-            raise ValueError("train.stage1_steps must be >= 0")
+        o, lo, lg, v, dc = self.optim, self.loss, self.log, self.val, self.disc
+        least = {  # key: (value, least allowed); None values mean "as another key" and pass
+            "train.steps": (t.steps, 1), "train.grad_accum": (t.grad_accum, 1),
+            "data.batch_size": (d.batch_size, 1), "train.stage1_steps": (t.stage1_steps, 0),
+            "train.max_consecutive_skips": (t.max_consecutive_skips, 1), "data.num_workers": (d.num_workers, 0),
+            "optim.clip_grad_norm": (o.clip_grad_norm, 0), "optim.d_clip_grad_norm": (o.d_clip_grad_norm, 0),
+            "loss.lpf_sigma": (lo.lpf_sigma, 0), "loss.content_hr_lpf_sigma": (lo.content_hr_lpf_sigma, 0),
+            "loss.content_lr_lpf_sigma": (lo.content_lr_lpf_sigma, 0),
+            "loss.content_target_sigma": (lo.content_target_sigma, 0), "loss.stage2_tau": (lo.stage2_tau, 0),
+            "log.every": (lg.every, 1), "log.image_every": (lg.image_every, 0),
+            "checkpoint.every": (self.checkpoint.every, 0), "checkpoint.keep": (self.checkpoint.keep, 0),
+            "val.every": (v.every, 0), "val.max_images": (v.max_images, 0), "val.crop": (v.crop, 0),
+            "val.ds_tau": (v.ds_tau, 0), "debug.interrupt_after_step": (self.debug.interrupt_after_step, 0),
+            "disc.latent_channels": (dc.latent_channels, 1), "disc.latent_layers": (dc.latent_layers, 1),
+            "disc.image_channels": (dc.image_channels, 1), "disc.hr_layers": (dc.hr_layers, 1),
+            "disc.lr_layers": (dc.lr_layers, 1), "disc.lr_channels": (dc.lr_channels, 1),
+        }
+        for key, (value, low) in least.items():
+            if value is not None:
+                _at_least(key, value, low)
+        for key, value in (("optim.lr", o.lr), ("optim.d_lr", o.d_lr), ("optim.lr_gamma", o.lr_gamma)):
+            _at_least(key, value, 0, strict=True)
+        for key, values in (("debug.inject_nan_steps", self.debug.inject_nan_steps),
+                            ("optim.lr_milestones", o.lr_milestones), ("optim.betas", o.betas)):
+            for value in values:
+                _at_least(key, value, 0)
+        if any(b >= 1 for b in o.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
         levels = self.loss.ds_hf_levels
@@ -253,9 +299,9 @@ class TrainConfig:
         if len(self.optim.betas) != 2:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",
-                     "perceptual", "content_cycle"):
-            if getattr(self.loss, name) < 0:
-                raise ValueError(f"loss.{name} must be >= 0")
+                     "perceptual", "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match",
+                     "content_hf_match"):
+            _at_least(f"loss.{name}", getattr(self.loss, name), 0)
         valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
         bad = set(self.optim.freeze) - valid
         if bad:

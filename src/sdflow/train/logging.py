@@ -30,7 +30,8 @@ class _TqdmHandler(logging.Handler):
 class RunLogger:
     """Text logging starts at construction; TensorBoard and the progress bar start with
     `start(step)`, once a resumed run knows its step (TensorBoard then drops the events an
-    interrupted run wrote after its last checkpoint, which would otherwise be doubled)."""
+    interrupted run wrote after its last checkpoint, which would otherwise be doubled, and
+    keeps those of the checkpoint's own step, which are logged before it is saved)."""
 
     def __init__(self, run_dir, enabled: bool = True, rank: int = 0):
         self.enabled = enabled
@@ -61,7 +62,9 @@ class RunLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step or None)
+                # Events at or past purge_step are dropped; step `step` was complete (and
+                # logged) when its checkpoint was written, so only the later ones go.
+                self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step + 1)
             except Exception as e:  # tensorboard is an optional dependency
                 self.warning(f"TensorBoard logging is off: cannot import it ({type(e).__name__}: {e}); "
                              f"install the 'train' extra (pip install tensorboard) to enable it")

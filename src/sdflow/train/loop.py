@@ -167,8 +167,12 @@ class Trainer:
         if cfg.loss.domain > 0:
             self.critics["content"] = ContentDiscriminator(3, dc.latent_channels, dc.latent_layers)
         if cfg.loss.gan > 0 and cfg.train.stage1_steps < cfg.train.steps:
-            self.critics["hr"] = PatchDiscriminator(3, dc.image_channels, dc.hr_layers)
-            self.critics["lr"] = PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)
+            # Built without advancing the global generator, so that what follows (the ActNorm
+            # pass's noise) does not depend on whether the run reaches stage 2: a stage-1 run
+            # extended past it then matches one configured that long from the start.
+            with torch.random.fork_rng(devices=[]):
+                self.critics["hr"] = PatchDiscriminator(3, dc.image_channels, dc.hr_layers)
+                self.critics["lr"] = PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)
             for name, patch in (("hr", cfg.data.hr_patch), ("lr", cfg.data.lr_patch)):
                 if patch < self.critics[name].min_input():
                     raise ValueError(f"data.{name}_patch={patch} is too small for the {name.upper()} "
@@ -261,7 +265,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
         }
 
-    def save_checkpoint(self) -> Optional[Path]:
+    def save_checkpoint(self, prune: bool = True) -> Optional[Path]:
         state = self._state()
         path = None
         if self.dist.is_main:
@@ -269,7 +273,7 @@ class Trainer:
             ckpt_io.atomic_torch_save(state, path)
             save_model(self.model, self.run_dir / "model.safetensors",
                        metadata={"sdflow.train_step": self.step})
-            for old in ckpt_io.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep):
+            for old in ckpt_io.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep) if prune else ():
                 self.logger.info(f"removed old checkpoint {old.name}")
             self.logger.info(f"saved checkpoint {path.name} and model.safetensors at step {self.step}")
         self.last_saved_step = self.step
@@ -283,13 +287,22 @@ class Trainer:
             raise ValueError(f"{path}: its model ({ck['model_config']}) differs from the config's "
                              f"({self.model.config.to_dict()})")
         self.model.load_state_dict(ck["model"])
+        self.step = int(ck["step"])
         missing = set(self.critics) - set(ck["critics"])
+        # The image critics exist only in runs configured to reach stage 2, so a run extended
+        # past train.stage1_steps finds none in its stage-1 checkpoints. They have not trained
+        # before stage 2, so starting them now is what an uninterrupted run does.
+        self.fresh_critics = sorted(missing & {"hr", "lr"}) if self.step <= self.cfg.train.stage1_steps else []
+        missing -= set(self.fresh_critics)
         if missing:
             raise ValueError(f"{path}: has no weights for discriminator(s) {sorted(missing)}; the loss "
                              f"weights must match the run that wrote it")
         for k, c in self.critics.items():
-            c.load_state_dict(ck["critics"][k])
-        self.step = int(ck["step"])
+            if k not in self.fresh_critics:
+                c.load_state_dict(ck["critics"][k])
+        if self.fresh_critics:
+            self.logger.info(f"discriminator(s) {self.fresh_critics} start fresh: {path.name} is from stage 1 "
+                             f"(step {self.step}, train.stage1_steps={self.cfg.train.stage1_steps})")
         self.skipped = int(ck["counters"]["skipped"])
         self.consecutive_skipped = int(ck["counters"]["consecutive_skipped"])
         data = ck["data"]
@@ -308,7 +321,7 @@ class Trainer:
         """Second half: optimisers, loss scalers and finally the random generators."""
         self.opt_g.load_state_dict(ck["optimizers"]["generator"])
         if self.opt_d is not None and ck["optimizers"]["critics"]:
-            self.opt_d.load_state_dict(ck["optimizers"]["critics"])
+            self.opt_d.load_state_dict(self._with_fresh_critics(ck["optimizers"]["critics"], path))
         for scaler, key in ((self.scaler_g, "generator"), (self.scaler_d, "critics")):
             if scaler.is_enabled() and ck["scalers"][key]:
                 scaler.load_state_dict(ck["scalers"][key])
@@ -318,6 +331,26 @@ class Trainer:
         else:
             _seed_all(_rank_seed(self.cfg.train.seed + self.step, self.dist.rank))
         self.logger.info(f"resumed from {path.name} at step {self.step}")
+
+    def _with_fresh_critics(self, saved: dict, path: Path) -> dict:
+        """The critics' saved Adam state renumbered for the current critics, with none for
+        those that start fresh (Adam creates it at their first step)."""
+        if not self.fresh_critics:
+            return saved
+        index, loaded = 0, []
+        for k, c in self.critics.items():
+            n = sum(1 for _ in c.parameters())
+            if k not in self.fresh_critics:
+                loaded.extend(range(index, index + n))
+            index += n
+        (group,) = saved["param_groups"]
+        if len(group["params"]) != len(loaded):
+            raise ValueError(f"{path}: its critics' optimiser holds {len(group['params'])} parameters, "
+                             f"the discriminators it has weights for {len(loaded)}")
+        # The saved ids number the saved critics' parameters in the same critic order.
+        renumber = dict(zip(group["params"], loaded))
+        return {"state": {renumber[i]: st for i, st in saved["state"].items()},
+                "param_groups": [dict(group, params=list(range(index)))]}
 
     # ----- the loop ------------------------------------------------------------------------
 
@@ -356,7 +389,7 @@ class Trainer:
         hr, lr = self._next_batch()
         self.data_position -= self.micro  # the batch is trained on as well
         self._first_batch = (hr, lr)
-        self.gen_obj(hr, lr, stage2=False)
+        self.gen_obj.run_every_flow(hr, lr)
         # Inverse-only paths (f_LR^-1 in stage 2) reuse layers the forward pass initialised.
         left = [m for m in self.model.modules() if isinstance(m, ActNorm) and not bool(m.initialized)]
         if left:
@@ -432,7 +465,8 @@ class Trainer:
             self.skipped += 1
             self.consecutive_skipped += 1
             reason = "injected NaN" if inject else ("non-finite loss" if not loss_finite else "non-finite gradient")
-            self.logger.warning(f"step {self.step}: skipped ({reason}; g_norm={g_norm:.4g}, d_norm={d_norm:.4g}); "
+            # Numbered from 1, as the log's "step N/total" lines and the checkpoints are.
+            self.logger.warning(f"step {self.step + 1}: skipped ({reason}; g_norm={g_norm:.4g}, d_norm={d_norm:.4g}); "
                                 f"{self.skipped} skipped so far, {self.consecutive_skipped} in a row")
         else:
             self.consecutive_skipped = 0
@@ -470,8 +504,6 @@ class Trainer:
         summary = {"interrupted": False, "diverged": False}
         try:
             self._build()
-            if d.is_main:
-                cfg.save(self.run_dir / "config.yaml")
             ck = self._load_weights(existing) if existing is not None else None
             if existing is None and self.resume:
                 self.logger.info(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
@@ -486,6 +518,10 @@ class Trainer:
                 del ck
             else:
                 _seed_all(_rank_seed(cfg.train.seed, d.rank))
+            # Only now that the checkpoint has been accepted: a refused --resume must leave
+            # the run's config as it was, or a plain --resume would fail from then on.
+            if d.is_main:
+                cfg.save(self.run_dir / "config.yaml")
             self._log_header()
             self.logger.start(self.step, cfg.train.steps, cfg.log.tensorboard, cfg.log.progress)
             self.val_pairs = self._load_val() if d.is_main else []
@@ -540,10 +576,16 @@ class Trainer:
             self.step += 1
             steps_since += 1
             if self.consecutive_skipped >= cfg.train.max_consecutive_skips:
+                # The skipped steps moved neither weights nor optimisers, so this is the last
+                # good step's state. Earlier checkpoints are kept for a resume from before it.
+                self.save_checkpoint(prune=False)
+                name = ckpt_io.checkpoint_name(self.step)
                 msg = (f"stopping: {self.consecutive_skipped} consecutive steps had a non-finite loss or "
-                       f"gradient (train.max_consecutive_skips={cfg.train.max_consecutive_skips}); the "
-                       f"weights are those of the last good step. Lower optim.lr, enable clipping "
-                       f"(optim.clip_grad_norm) or resume from an earlier checkpoint.")
+                       f"gradient (train.max_consecutive_skips={cfg.train.max_consecutive_skips}). "
+                       f"{self.run_dir / name} holds the weights of the last good step "
+                       f"({self.step - self.consecutive_skipped}): lower optim.lr or enable clipping "
+                       f"(optim.clip_grad_norm) and continue with `sdflow train --out {self.run_dir} "
+                       f"--resume`, or delete {name} to resume from an earlier checkpoint.")
                 self.logger.error(msg)
                 raise TrainingDiverged(msg)
 

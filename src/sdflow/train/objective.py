@@ -166,6 +166,22 @@ class GeneratorObjective(nn.Module):
                       "ds_hf_match": c.ds_hf_match})
         return w
 
+    @torch.no_grad()
+    def run_every_flow(self, hr: torch.Tensor, lr: torch.Tensor) -> None:
+        """The forward passes of both likelihood terms, whatever their weights: the first
+        such pass in training mode initialises every ActNorm layer from the data, and a
+        switched-off term must not leave its flows' layers at their untrained defaults
+        (the stage-2 and mode terms only run the flows backwards). Inputs and order are
+        those of `forward`, so with both terms on the statistics are the same."""
+        m = self.model
+        hr_in = dequantize(hr) if self.dequantize_inputs else hr
+        lr_in = dequantize(lr) if self.dequantize_inputs else lr
+        z_c_h, z_h, _ = m.encode_hr(hr_in)
+        c = m.content(lr)
+        m.f_hf(z_h, z_c_h)
+        z_lr, _ = m.f_lr(lr_in)
+        m.f_deg(z_lr - c, c)
+
     def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return call_frozen(self.critics[name], x)
 
