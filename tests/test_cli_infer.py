@@ -44,6 +44,20 @@ def files(folder):
 
 # ----- sizes, formats, modes --------------------------------------------------------------------
 
+def test_jpeg_output_of_an_image_with_alpha_says_the_alpha_is_gone(tmp_path, tiny_model_path, capsys):
+    src = tmp_path / "in"
+    save(src / "t.png", 8, 8, "RGBA", seed=1)
+    save(src / "o.png", 8, 8, "RGB", seed=2)
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "out", "--ext", "jpg", "--model", tiny_model_path) == 0
+    err = capsys.readouterr().err
+    assert "note: " in err and "t.png: its alpha channel is not in the JPEG output" in err
+    assert "o.png" not in err and files(tmp_path / "out") == ["o_sr.jpg", "t_sr.jpg"]
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "png", "--model", tiny_model_path) == 0
+    assert "alpha" not in capsys.readouterr().err
+    with PILImage.open(tmp_path / "png" / "t_sr.png") as im:
+        assert im.mode == "RGBA"
+
+
 def test_sr_and_ds_sizes_and_formats(tmp_path, tiny_model_path):
     a = save(tmp_path / "a.png", 37, 45)
     assert sdflow("sr", "-q", "-i", a, "-o", tmp_path / "out", "--model", tiny_model_path) == 0

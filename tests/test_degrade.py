@@ -362,6 +362,35 @@ def test_cli_name_collisions_and_bad_arguments(tmp_path, photo):
     assert run_cli(["-i", str(empty), "-o", str(out)]) == 1
 
 
+def test_cli_names_that_still_collide_fail_instead_of_overwriting(tmp_path, photo, capsys):
+    """a.jpg + a.png need a_jpg.png, which a third file already is; b.PNG and b.png differ only in
+    case. Those inputs fail by name and nothing is overwritten; the rest are done."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, name in enumerate(["a.jpg", "a.png", "a_jpg.png", "b.PNG", "b.png", "c.png"]):
+        Image.fromarray(photo[i:i + 40, :40]).save(src / name, format="JPEG" if name.endswith("jpg") else "PNG")
+    out = tmp_path / "out"
+    assert run_cli(["-i", str(src), "-o", str(out), "--preset", "bicubic"]) == 1
+    err = capsys.readouterr().err
+    assert "a.jpg: its output name would also be that of a_jpg.png; rename one" in err
+    assert "b.PNG: its output name would also be that of b.png" in err
+    assert png_names(out / "LR") == ["a_png.png", "c.png"]
+    assert sorted(json.loads((out / "degrade.json").read_text())["failed"]) == ["a.jpg", "a_jpg.png", "b.PNG", "b.png"]
+    with pytest.raises(SystemExit):
+        run_cli(["-i", str(src), "-o", str(out), "--mode", "unpaired", "--seed", "-1"])
+
+
+def test_16_bit_colour_is_rounded_to_8_bits(tmp_path):
+    """Pillow truncates 16-bit RGB to its high byte; the data pipelines round."""
+    from sdflow.imageio import encode_png
+
+    v = np.random.default_rng(0).integers(0, 65536, (12, 16, 3)).astype(np.uint16)
+    (tmp_path / "c16.png").write_bytes(encode_png(v))
+    expected = np.rint(v / 257.0).astype(np.uint8)
+    assert not np.array_equal(expected, (v >> 8).astype(np.uint8))   # the difference is there to see
+    assert np.array_equal(cmd.load_rgb(tmp_path / "c16.png"), expected)
+
+
 def test_cli_is_registered():
     from sdflow import cli
 

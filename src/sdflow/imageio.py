@@ -448,9 +448,13 @@ def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path
 def read_rgb8(path: PathLike) -> np.ndarray:
     """H x W x 3 uint8 with EXIF orientation applied, for the data pipelines (training patches,
     `sdflow degrade`), which work in 8 bits: 16-bit samples are rounded to 8 bits (Pillow's own
-    RGB conversion would clip 16-bit grayscale to white), gray is repeated, alpha dropped."""
+    RGB conversion would clip 16-bit grayscale to white, and it truncates 16-bit colour), gray is
+    repeated, alpha dropped."""
     from PIL import ImageOps
 
+    path = Path(path)
+    if path.suffix.lower() == ".png" and _png16_colour(path):
+        return quantize(read_image(path).rgb, 8)
     with PILImage.open(path) as im:
         im = ImageOps.exif_transpose(im)
         if im.mode == "F":

@@ -147,6 +147,7 @@ class FileResult:
     source: Path
     outputs: List[Path] = field(default_factory=list)   # the files actually written
     error: Optional[str] = None
+    notes: List[str] = field(default_factory=list)      # done, but not all as asked
 
     @property
     def ok(self) -> bool:
@@ -454,6 +455,11 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
         if image.alpha is not None and alpha is None:
             alpha = (upscale_alpha(image.alpha, SCALE, size) if options.mode == "sr"
                      else downscale_alpha(image.alpha, SCALE))
+        if alpha is not None and out.suffix.lower() in _JPEG_SUFFIXES and not result.notes:
+            # Real-ESRGAN switches such files to PNG; here the name was promised before the file
+            # was read (--skip-existing relies on it), so the loss is said instead.
+            result.notes.append("its alpha channel is not in the JPEG output (JPEG has none; "
+                                "--ext png or auto keeps it)")
         try:
             write_image(out, rgb, alpha=alpha, grayscale=image.grayscale, bit_depth=image.bit_depth)
         except (OSError, ValueError) as e:
@@ -564,6 +570,8 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
             for (job, image, x), ys in zip(group, samples):
                 bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
                 result = process_file(model, job, options, image, x, ys, progress)
+                for note in result.notes:
+                    log(f"note: {job.source}: {note}")
                 if result.ok:
                     summary.done.append(result)
                 else:

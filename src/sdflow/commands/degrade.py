@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from sdflow.commands.infer import _non_negative_int
+
 
 def register(sub) -> None:
     from sdflow.data.degrade import PRESETS  # numpy only: keeps `sdflow --help` quick
@@ -32,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--preset", default="realistic", choices=list(PRESETS),
                    help="degradation preset (default: realistic)")
-    p.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
+    p.add_argument("--seed", type=_non_negative_int, default=0, help="global seed (default: 0)")
     p.add_argument("--mode", choices=("paired", "unpaired"), default="paired",
                    help="paired: OUT/HR + OUT/LR of the same photos; unpaired: OUT/train_HR and "
                         "OUT/train_LR from disjoint halves (default: paired)")
@@ -49,18 +51,27 @@ def find_images(root: Path) -> list:
     return [p.relative_to(root) for p in find(root)]
 
 
-def output_names(rels: list) -> dict:
-    """rel -> output rel (.png). Inputs that would collide (a.jpg, a.png) keep their
-    extension in the stem (a_jpg.png) so no output overwrites another."""
+def output_names(rels: list) -> tuple:
+    """({rel: output rel (.png)}, {rel: the other inputs its output would collide with}). Inputs
+    that would collide (a.jpg, a.png) keep their extension in the stem (a_jpg.png). Names are
+    compared case-folded, as macOS and Windows file systems compare them; what still collides
+    (a.jpg beside a file called a_jpg.png, or b.PNG beside b.png) is left out, to be reported."""
+    def key(rel):
+        return rel.as_posix().casefold()
+
     plain = {}
     for rel in rels:
-        plain.setdefault(rel.with_suffix(".png").as_posix().lower(), []).append(rel)
-    out = {}
+        plain.setdefault(key(rel.with_suffix(".png")), []).append(rel)
+    names = {}
     for group in plain.values():
         for rel in group:
-            out[rel] = (rel.with_suffix(".png") if len(group) == 1 else
-                        rel.with_name(f"{rel.stem}_{rel.suffix[1:].lower()}.png"))
-    return out
+            names[rel] = (rel.with_suffix(".png") if len(group) == 1 else
+                          rel.with_name(f"{rel.stem}_{rel.suffix[1:]}.png"))
+    taken = {}
+    for rel, name in names.items():
+        taken.setdefault(key(name), []).append(rel)
+    clashes = {rel: [o for o in group if o != rel] for group in taken.values() if len(group) > 1 for rel in group}
+    return {r: n for r, n in names.items() if r not in clashes}, clashes
 
 
 def split_unpaired(rels: list, seed: int, fraction: float):
@@ -111,7 +122,12 @@ def run(args) -> int:
         print(f"error: no images ({', '.join(IMAGE_EXTENSIONS)}) under {src}", file=sys.stderr)
         return 1
     preset = get_preset(args.preset)
-    names = output_names(rels)
+    names, clashes = output_names(rels)
+    failed = sorted(clashes, key=lambda r: r.as_posix())
+    for r in failed:
+        print(f"failed: {src / r}: its output name would also be that of "
+              f"{', '.join(o.as_posix() for o in clashes[r])}; rename one", file=sys.stderr)
+    rels = [r for r in rels if r in names]
 
     # (relative input path, write clean HR to, write LR to)
     if args.mode == "paired":
@@ -125,7 +141,7 @@ def run(args) -> int:
                 + [(r, None, out / "train_LR" / names[r]) for r in lr_side])
         jobs.sort(key=lambda j: j[0].as_posix())
 
-    failed, record, n_hr, n_lr = [], {}, 0, 0
+    record, n_hr, n_lr = {}, 0, 0
     for rel, hr_path, lr_path in tqdm(jobs, desc=f"degrade ({preset.name})", unit="img",
                                       disable=None):
         try:
