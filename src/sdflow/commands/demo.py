@@ -67,6 +67,9 @@ def run(args) -> int:
         model = load(source, device=device, dtype=torch.float32)
     except (ValueError, CheckpointError) as e:
         return _usage_error(str(e))
+    from sdflow.fast import FastSDFlow
+
+    model = FastSDFlow(model, "fp32")   # sdflow sr/ds's default path
 
     pairs = evaluate.sample_pairs(preset, args.seed)
     out = args.output

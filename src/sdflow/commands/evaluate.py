@@ -93,6 +93,10 @@ def run(args) -> int:
             return _usage_error(f"cannot load the model: {e}")
         except Exception as e:  # noqa: BLE001 - safetensors/torch errors on a damaged file vary
             return _usage_error(f"cannot load the model {source}: {type(e).__name__}: {e}")
+        from sdflow.fast import FastSDFlow
+
+        # What `sdflow sr/ds` run by default, so the scores are those of the files they write.
+        model = FastSDFlow(model, "fp32")
     lpips = None
     if args.lpips_weights is not None:
         try:
