@@ -762,6 +762,11 @@ def test_refused_resume_leaves_the_runs_config_alone(data, tmp_path, capsys):
     assert "differs from the config" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == before
     assert cmd.main(["--out", str(run), "--resume", "--steps", "2"]) == 0
+    # Fewer steps than the checkpoint has had: refused, and the config still says 2.
+    after = (run / "config.yaml").read_text()
+    assert cmd.main(["--out", str(run), "--resume", "--steps", "1"]) == 2
+    assert "is at step 2, past train.steps=1" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == after
 
 
 def test_missing_tensorboard_is_a_warning_not_an_error(tmp_path, monkeypatch):

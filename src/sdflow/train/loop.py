@@ -505,6 +505,11 @@ class Trainer:
         try:
             self._build()
             ck = self._load_weights(existing) if existing is not None else None
+            if self.step > cfg.train.steps:
+                # Writing train.steps into the run's config would make it claim fewer steps
+                # than its weights have had.
+                raise ValueError(f"{existing.name} is at step {self.step}, past train.steps={cfg.train.steps}; "
+                                 f"give --steps {self.step} or more to continue")
             if existing is None and self.resume:
                 self.logger.info(f"--resume: no checkpoint in {self.run_dir}; starting a new run")
             self.batches = iter(make_loader(self.dataset, self.micro, cfg.train.seed, d.rank, d.world_size,
@@ -553,7 +558,7 @@ class Trainer:
         self.logger.info(f"steps {cfg.train.steps} (stage 1 until {cfg.train.stage1_steps}) | batch "
                          f"{cfg.data.batch_size} = {d.world_size} rank(s) x {cfg.train.grad_accum} accumulation "
                          f"x {self.micro} | patches HR {cfg.data.hr_patch} / LR {cfg.data.lr_patch} | "
-                         f"lr halved at steps {cfg.milestones()} | amp {cfg.train.amp}")
+                         f"lr halved at steps {cfg.milestones()} | amp {cfg.train.amp if self.amp_dtype else 'none'}")
         w1 = self.gen_obj.weights(False)
         w2 = self.gen_obj.weights(True)
         self.logger.info("loss weights: stage 1 " + ", ".join(f"{k}={v:g}" for k, v in w1.items())
