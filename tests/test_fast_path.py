@@ -167,6 +167,30 @@ def test_a_condition_made_once_gives_each_samples_exact_result(tiny, kind):
         other = FastSDFlow(tiny)
         with pytest.raises(ValueError, match="another model"):
             other.super_resolve(lr, 0.9, condition=sr_cond)
+        # Another image of the same shape: its samples would silently be those of the first.
+        with pytest.raises(ValueError, match="another image of this shape"):
+            model.super_resolve(lr.flip(-1), 0.9, condition=sr_cond)
+        with pytest.raises(ValueError, match="another image of this shape"):
+            model.downscale(hr + 0.01, 0.9, condition=ds_cond)
+
+
+def test_both_paths_take_float64_images_alike(tiny):
+    """numpy gives float64: both paths convert it to the model's dtype before drawing noise, so
+    a float64 image gives the float32 image's samples (the plain model used to refuse it)."""
+    fast = FastSDFlow(tiny)
+    lr = torch.rand(1, 3, 8, 6, dtype=torch.float64) * 2 - 1
+    for m in (tiny, fast):
+        y64 = m.super_resolve(lr, 0.8, seeded(4))
+        assert y64.dtype == torch.float32 and torch.equal(y64, m.super_resolve(lr.float(), 0.8, seeded(4)))
+        assert torch.equal(m.downscale(lr, 0.8, generator=seeded(4)), m.downscale(lr.float(), 0.8, generator=seeded(4)))
+
+
+def test_the_fast_copy_keeps_its_own_device_and_dtype():
+    model = perturbed()
+    fast = FastSDFlow(model)
+    model.double()   # the source changes afterwards; the copy computes as it was made
+    assert fast.dtype == torch.float32 and fast.device == torch.device("cpu")
+    assert fast.super_resolve(torch.zeros(1, 3, 4, 4), 0.0).dtype == torch.float32
 
 
 def test_reduced_precision_keeps_e_and_f_lr_in_float32(tiny):

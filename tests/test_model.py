@@ -1,6 +1,7 @@
 """SDFlow API: shapes, sampling controls, likelihoods, and our checkpoint format."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import sdflow
 from sdflow.checkpoints import CheckpointError, save_model
@@ -142,6 +143,43 @@ def test_inverse_weight_cache_follows_parameter_updates(model):
         assert not torch.allclose(y1, y2)
         assert torch.allclose(conv.inverse(y2)[0], x, atol=1e-5)
         conv.log_abs_s.sub_(0.1)
+        # Writes through .data (EMA updates, copying weights in) do not bump version counters.
+        saved = conv.upper.detach().clone()
+        conv.upper.data.mul_(1.5)
+        assert torch.equal(conv(x)[0], F.conv2d(x, conv.weight()[:, :, None, None]))
+        stale = conv(x)[0]
+        conv.upper.data.copy_(saved)
+        assert not torch.equal(conv(x)[0], stale)
+        assert torch.equal(conv(x)[0], F.conv2d(x, conv.weight()[:, :, None, None]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_sample(model, dtype, tmp_path):
+    """load(dtype=float16 / bfloat16) gives a model that samples (W^-1 made in float32 and
+    rounded: there is no half-precision inverse), close to the float32 one."""
+    path = save_model(model, tmp_path / "m.safetensors")
+    half = sdflow.load(path, dtype=dtype)
+    lr, hr = torch.rand(1, 3, 8, 8) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    for run in (lambda m, d: m.super_resolve(lr.to(d), 0.0), lambda m, d: m.downscale(hr.to(d), 0.0, component=0)):
+        y, ref = run(half, dtype), run(model, torch.float32)
+        assert y.dtype == dtype and (y.float() - ref).abs().max() < 0.1
+
+
+def test_a_saved_model_loads_whatever_its_file_is_called(model, tmp_path):
+    path = save_model(model, tmp_path / "weights.st")
+    assert torch.equal(sdflow.load(path).f_lr.steps[0].inv_conv.upper, model.f_lr.steps[0].inv_conv.upper)
+
+
+def test_mixture_components_as_numpy_or_tensor_indices(model):
+    import numpy as np
+
+    hr = torch.rand(1, 3, 16, 16) * 2 - 1
+    ref = model.downscale(hr, 0.8, component=1, generator=torch.Generator().manual_seed(0))
+    for c in (np.int64(1), torch.tensor(1), [1], np.array([1])):
+        assert torch.equal(model.downscale(hr, 0.8, component=c, generator=torch.Generator().manual_seed(0)), ref)
+    for bad in (True, 1.5):
+        with pytest.raises(ValueError, match="whole numbers"):
+            model.downscale(hr, component=bad)
 
 
 @pytest.mark.parametrize("store", [None, torch.float16])

@@ -1,4 +1,5 @@
 """Tiled SR / DS: tile geometry, seamless blending, shared noise, and the tiled-vs-untiled bound."""
+import copy
 import math
 
 import pytest
@@ -81,6 +82,13 @@ def test_ds_tiles_blend_to_the_untiled_result_for_a_local_model(tile, pad):
     ref = model.downscale(hr, 1.0, generator=seeded(0))
     out = tiled_downscale(model, hr, tile, pad, 1.0, generator=seeded(0))
     assert out.shape == ref.shape == (1, 3, 19, 26) and torch.allclose(out, ref, atol=1e-5)
+
+
+def test_tiled_output_has_the_models_dtype(tiny):
+    model64 = copy.deepcopy(tiny).double()
+    lr = torch.rand(1, 3, 20, 24, dtype=torch.float64) * 2 - 1
+    y = tiled_super_resolve(model64, lr, 8, 4, 0.0)
+    assert y.dtype == torch.float64 and torch.allclose(y, model64.super_resolve(lr, 0.0), atol=1e-3)
 
 
 def test_one_tile_is_the_untiled_call_with_the_same_noise(tiny):

@@ -284,9 +284,20 @@ def read_model_state(source: PathLike):
         return read_authors_folder(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
     return _read_training_checkpoint(path)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # save_model writes safetensors whatever the name; the format begins with the 8-byte length
+    # of a JSON header, and the header with "{" (a torch.save zip begins with "PK").
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
 def load(source: PathLike, device: Union[str, torch.device] = "cpu",

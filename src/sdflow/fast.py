@@ -59,8 +59,8 @@ import torch.nn.functional as F
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow, SqueezeLevel
 from sdflow.flows.layers import (ActNorm, AffineCoupling, AffineInjector, Expand, FlowSequence, FlowStep,
                                  InvConv1x1, Squeeze)
-from sdflow.model import (CONTENT_CHANNELS, SCALE, Condition, SDFlow, _check_image, _check_latent, _checked,
-                          deg_latent_shape, hf_latent_shape, padded_hr, padded_lr)
+from sdflow.model import (CONTENT_CHANNELS, SCALE, Condition, SDFlow, _check_latent, _checked, _image_input,
+                          deg_latent_shape, hf_latent_shape, image_fingerprint, padded_hr, padded_lr)
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -474,6 +474,8 @@ class FastSDFlow:
             raise ValueError(f"FastSDFlow needs a float32 model (got {model.dtype}); "
                              "use `precision` for reduced precision")
         self.source = model
+        # The copy's own, fixed when it was made: the source may be moved or cast later.
+        self._device, self._dtype = model.device, model.dtype
         self.precision = precision
         self.channels_last = bool(model.device.type in ("cpu", "cuda") if channels_last is None else channels_last)
         self.net_dtype = PRECISIONS[precision]
@@ -497,11 +499,11 @@ class FastSDFlow:
 
     @property
     def device(self) -> torch.device:
-        return self.source.device
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.source.dtype
+        return self._dtype
 
     @property
     def deg_prior(self):
@@ -529,7 +531,7 @@ class FastSDFlow:
     @_ieee
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8, generator: Optional[torch.Generator] = None,
                       hf_latent: Optional[torch.Tensor] = None, condition: Optional[Condition] = None) -> torch.Tensor:
-        _check_image(lr, "lr")
+        lr = _image_input(lr, "lr", self.dtype)
         h, w = lr.shape[-2:]
         condition = _checked(condition, self, "sr", lr) or self.sr_condition(lr)
         with torch.inference_mode():
@@ -544,10 +546,11 @@ class FastSDFlow:
     @_ieee
     def sr_condition(self, lr: torch.Tensor) -> Condition:
         """`SDFlow.sr_condition`, in this copy's own format."""
-        _check_image(lr, "lr")
+        lr = _image_input(lr, "lr", self.dtype)
         with torch.inference_mode():
             z_c = self.content(padded_lr(lr))
-            return Condition("sr", tuple(lr.shape), z_c, self.hf_cond(self._net_input(z_c)), id(self))
+            return Condition("sr", tuple(lr.shape), z_c, self.hf_cond(self._net_input(z_c)), id(self),
+                             image_fingerprint(lr))
 
     @_ieee
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
@@ -555,7 +558,7 @@ class FastSDFlow:
                   deg_latent: Optional[torch.Tensor] = None,
                   generator: Optional[torch.Generator] = None,
                   condition: Optional[Condition] = None) -> torch.Tensor:
-        _check_image(hr, "hr")
+        hr = _image_input(hr, "hr", self.dtype)
         h, w = hr.shape[-2:]
         condition = _checked(condition, self, "ds", hr) or self.ds_condition(hr)
         with torch.inference_mode():
@@ -570,10 +573,11 @@ class FastSDFlow:
     @_ieee
     def ds_condition(self, hr: torch.Tensor) -> Condition:
         """`SDFlow.ds_condition`, in this copy's own format."""
-        _check_image(hr, "hr")
+        hr = _image_input(hr, "hr", self.dtype)
         with torch.inference_mode():
             z_c = self.hr_content_program(padded_hr(hr))
-            return Condition("ds", tuple(hr.shape), z_c, self.deg_cond(self._net_input(z_c)), id(self))
+            return Condition("ds", tuple(hr.shape), z_c, self.deg_cond(self._net_input(z_c)), id(self),
+                             image_fingerprint(hr))
 
     def __repr__(self) -> str:
         return (f"FastSDFlow(precision={self.precision!r}, channels_last={self.channels_last}, "

@@ -110,7 +110,7 @@ class SDFlow(nn.Module):
         (then `tau` and `generator` are unused); its shape is that of `sample_hf_latent(lr)`.
         `condition`: `sr_condition(lr)`, made once for several samples of one image.
         """
-        _check_image(lr, "lr")
+        lr = _image_input(lr, "lr", self.dtype)
         h, w = lr.shape[-2:]
         condition = _checked(condition, self, "sr", lr) or self.sr_condition(lr)
         if hf_latent is None:
@@ -124,9 +124,9 @@ class SDFlow(nn.Module):
     def sr_condition(self, lr: torch.Tensor) -> "Condition":
         """What every SR sample of `lr` shares: z_c = E(lr) and f_HF's condition network on it,
         most of an SR call's work; pass it to `super_resolve(lr, ..., condition=c)` for each sample."""
-        _check_image(lr, "lr")
+        lr = _image_input(lr, "lr", self.dtype)
         z_c = self.content(padded_lr(lr))
-        return Condition("sr", tuple(lr.shape), z_c, self.f_hf.condition(z_c), id(self))
+        return Condition("sr", tuple(lr.shape), z_c, self.f_hf.condition(z_c), id(self), image_fingerprint(lr))
 
     def sample_hf_latent(self, lr: torch.Tensor, tau: float = 0.8,
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -163,7 +163,7 @@ class SDFlow(nn.Module):
         gives z'_d directly (its spatial size must match the padded image / 8).
         `condition`: `ds_condition(hr)`, made once for several samples of one image.
         """
-        _check_image(hr, "hr")
+        hr = _image_input(hr, "hr", self.dtype)
         h, w = hr.shape[-2:]
         condition = _checked(condition, self, "ds", hr) or self.ds_condition(hr)
         if deg_latent is None:
@@ -178,9 +178,9 @@ class SDFlow(nn.Module):
     def ds_condition(self, hr: torch.Tensor) -> "Condition":
         """What every DS sample of `hr` shares: z_c of f_HR(hr) and f_Deg's condition network on
         it, most of a DS call's work; pass it to `downscale(hr, ..., condition=c)` for each sample."""
-        _check_image(hr, "hr")
+        hr = _image_input(hr, "hr", self.dtype)
         z_c = self.hr_content(padded_hr(hr))
-        return Condition("ds", tuple(hr.shape), z_c, self.f_deg.condition(z_c), id(self))
+        return Condition("ds", tuple(hr.shape), z_c, self.f_deg.condition(z_c), id(self), image_fingerprint(hr))
 
     def fuse_for_inference(self, precision: str = "fp32", channels_last: Optional[bool] = None):
         """A fused, inference-only copy for fast sampling (`sdflow.fast.FastSDFlow`); this model is
@@ -201,6 +201,7 @@ class Condition:
     content: torch.Tensor
     features: torch.Tensor
     maker: int                    # id() of the model that made it
+    fingerprint: Tuple[float, ...] = ()     # `image_fingerprint` of the image
 
 
 def _checked(condition: Optional[Condition], model, mode: str, image: torch.Tensor) -> Optional[Condition]:
@@ -212,7 +213,22 @@ def _checked(condition: Optional[Condition], model, mode: str, image: torch.Tens
     if condition.shape != tuple(image.shape):
         raise ValueError(f"this condition was made for an image of shape {condition.shape}, "
                          f"not {tuple(image.shape)}")
+    if condition.fingerprint != image_fingerprint(image):
+        # Same shape, other pixels: the samples would silently be those of the other image.
+        raise ValueError("this condition was made for another image of this shape")
     return condition
+
+
+def image_fingerprint(x: torch.Tensor) -> Tuple[float, ...]:
+    """Float64 sums of the pixels, plain, squared and weighted by row and by column (so a flipped
+    or shifted image differs too): what tells a Condition's image from another of its shape, in
+    one pass over the image, little next to the networks."""
+    rows = torch.sum(x, dim=(0, 1, 3), dtype=torch.float64)
+    cols = torch.sum(x, dim=(0, 1, 2), dtype=torch.float64)
+    h, w = len(rows), len(cols)
+    return (float(rows.sum()), float(torch.linalg.vector_norm(x, dtype=torch.float64)),
+            float(rows @ torch.arange(1, h + 1, dtype=torch.float64, device=x.device)),
+            float(cols @ torch.arange(1, w + 1, dtype=torch.float64, device=x.device)))
 
 
 def padded_lr(lr: torch.Tensor) -> torch.Tensor:
@@ -270,6 +286,13 @@ def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def _check_image(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got shape {tuple(x.shape)}")
+
+
+def _image_input(x: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A checked image in the model's dtype: numpy's float64 (or a half-precision image) is
+    converted, so that both paths take it alike and the noise is drawn in the model's dtype."""
+    _check_image(x, name)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _check_sides(x: torch.Tensor, name: str, multiple: int, minimum: int) -> None:

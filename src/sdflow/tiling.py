@@ -108,7 +108,7 @@ def _window(spans: Sequence[Span], n: int, pad: int, ratio: float, device) -> Li
     total = torch.zeros(round(n * ratio), dtype=torch.float64, device=device)
     for s, w in zip(spans, weights):
         total[round(s.ext0 * ratio):round(s.ext1 * ratio)] += w
-    return [(w / total[round(s.ext0 * ratio):round(s.ext1 * ratio)]).float() for s, w in zip(spans, weights)]
+    return [w / total[round(s.ext0 * ratio):round(s.ext1 * ratio)] for s, w in zip(spans, weights)]
 
 
 def _ramp(t: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,12 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
     xs = plan_tiles(w, tile, pad, align, min_size)
     wy = _window(ys, h, pad, ratio, x.device)
     wx = _window(xs, w, pad, ratio, x.device)
-    out = torch.zeros(b, 3, round(h * ratio), round(w * ratio), dtype=torch.float32, device=x.device)
+    # Blended in float32 (float64 for a float64 model) and returned in the model's output dtype,
+    # as an untiled call returns it.
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    wy, wx = [t.to(acc) for t in wy], [t.to(acc) for t in wx]
+    out = torch.zeros(b, 3, round(h * ratio), round(w * ratio), dtype=acc, device=x.device)
+    out_dtype = acc
     done = 0
     if on_tile is not None:
         on_tile(done, len(ys) * len(xs))
@@ -150,12 +155,13 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
                               f"{sx.ext0}:{sx.ext1} of the input", RuntimeWarning, stacklevel=3)
             oy, ox = round(sy.ext0 * ratio), round(sx.ext0 * ratio)
             region = out[..., oy:oy + yt.shape[-2], ox:ox + yt.shape[-1]]
-            region.addcmul_(yt.float(), wy_i[:, None] * wx_j[None, :])
+            out_dtype = yt.dtype
+            region.addcmul_(yt.to(acc), wy_i[:, None] * wx_j[None, :])
             del yt
             done += 1
             if on_tile is not None:
                 on_tile(done, len(ys) * len(xs))
-    return out[..., :out_hw[0], :out_hw[1]]
+    return out[..., :out_hw[0], :out_hw[1]].to(out_dtype)
 
 
 def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,

@@ -8,6 +8,7 @@ sequence of them composes with one signature (`FlowSequence`).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -126,21 +127,34 @@ class InvConv1x1(nn.Module):
         self.register_buffer("eye", torch.eye(channels), persistent=False)
         self._cache = None
 
-    def weight(self) -> torch.Tensor:
-        lower = self.lower * self.lower_mask + self.eye
-        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_abs_s))
-        return self.perm @ lower @ upper
+    def weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """W, in the parameters' dtype or in `dtype`."""
+        def t(x):
+            return x if dtype is None else x.to(dtype)
+
+        lower = t(self.lower) * t(self.lower_mask) + t(self.eye)
+        upper = t(self.upper) * t(self.lower_mask).T + torch.diag(t(self.sign_s) * torch.exp(t(self.log_abs_s)))
+        return t(self.perm) @ lower @ upper
 
     def _weights(self):
-        """(W, W^-1). Without autograd they are computed once per parameter version instead of
-        once per call (inference evaluates every 1x1 convolution many times)."""
+        """(W, W^-1). Without autograd they are computed once per parameter value instead of
+        once per call (inference evaluates every 1x1 convolution many times). The cache is
+        checked against copies of the values, not version counters: writes through `.data`
+        (EMA updates, weight surgery) leave the counters alone and would leave W stale."""
         if torch.is_grad_enabled():
             return self.weight(), None
-        key = (self.lower._version, self.upper._version, self.log_abs_s._version,
-               self.lower.data_ptr(), self.lower.dtype, self.lower.device)
-        if self._cache is None or self._cache[0] != key:
-            w = self.weight().detach()
-            self._cache = (key, w, torch.linalg.inv(w))
+        state = (self.lower, self.upper, self.log_abs_s, self.perm, self.sign_s)
+        if self._cache is None or not all(a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+                                          for a, b in zip(self._cache[0], state)):
+            dtype = self.lower.dtype
+            if dtype in (torch.float16, torch.bfloat16):
+                # No half-precision inverse exists (and none would be accurate): work in
+                # float32 and round the results.
+                w = self.weight(torch.float32).detach()
+                self._cache = (tuple(t.detach().clone() for t in state), w.to(dtype), torch.linalg.inv(w).to(dtype))
+            else:
+                w = self.weight().detach()
+                self._cache = (tuple(t.detach().clone() for t in state), w, torch.linalg.inv(w))
         return self._cache[1], self._cache[2]
 
     def _logdet(self, x):

@@ -33,10 +33,14 @@ class GaussianMixturePrior(nn.Module):
         k = self.num_components
         if component is None:
             ids = list(range(k))
-        elif isinstance(component, int):
-            ids = [component]
         else:
-            ids = [int(c) for c in component]
+            # One index (int, numpy integer, 0-d tensor) or a sequence of them; bools and
+            # fractions are mistakes, not indices.
+            items = [component] if not isinstance(component, (list, tuple, range)) and (
+                not hasattr(component, "__len__") or getattr(component, "ndim", 1) == 0) else list(component)
+            if any(isinstance(c, bool) or not float(c).is_integer() for c in items):
+                raise ValueError(f"mixture components are whole numbers in [0, {k - 1}], got {component!r}")
+            ids = [int(c) for c in items]
         if not ids or any(not 0 <= c < k for c in ids):
             raise ValueError(f"mixture components must be in [0, {k - 1}], got {component!r}")
         return torch.tensor(ids, device=self.means.device)
