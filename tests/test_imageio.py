@@ -370,6 +370,22 @@ def test_large_photos_are_not_taken_for_decompression_bombs(tmp_path, monkeypatc
         read_image(tmp_path / "bomb.png")
 
 
+def test_quantize_in_slabs_is_quantize_whole(monkeypatch):
+    """Large outputs are quantized a slab of rows at a time (bounded temporaries); the slabs'
+    seams must not show: the same levels as one pass, for 8 and 16 bits and strided input."""
+    import sdflow.imageio as io
+
+    x = np.transpose(np.random.default_rng(0).random((3, 37, 23)) * 1.2 - 0.1, (1, 2, 0)).astype(np.float32)
+    whole = {b: np.floor(np.clip(x.astype(np.float64), 0, 1) * (2 ** b - 1) + 0.5) for b in (8, 16)}
+    monkeypatch.setattr(io, "_QUANTIZE_SLAB", 50)   # 50 values: rows one at a time
+    for b in (8, 16):
+        q = quantize(x, b)
+        assert q.dtype == (np.uint8 if b == 8 else np.uint16) and np.array_equal(q, whole[b])
+    x[30, 5, 1] = np.nan   # in a late slab
+    with pytest.raises(ValueError, match="non-finite"):
+        quantize(x)
+
+
 def test_tensor_conversion():
     rgb = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
     t = to_tensor(rgb, dtype=torch.float64)

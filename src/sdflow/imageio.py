@@ -42,6 +42,7 @@ if PILImage.MAX_IMAGE_PIXELS is not None and PILImage.MAX_IMAGE_PIXELS < MAX_PIX
     PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _ORIENTATION_TAG = 0x0112
+_QUANTIZE_SLAB = 1 << 22   # values quantized at a time
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Rec. 601 luma, the weights Pillow uses for RGB -> L, so a grayscale result matches what any
 # viewer would show for the model's RGB output.
@@ -360,13 +361,25 @@ def quantize(x: np.ndarray, bit_depth: int = 8) -> np.ndarray:
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     x = np.asarray(x)
-    if not np.isfinite(x).all():
-        raise ValueError("cannot quantize non-finite values (NaN or Inf)")
+    if x.ndim == 0:
+        return quantize(x.reshape(1), bit_depth).reshape(())
     top = 255 if bit_depth == 8 else 65535
-    # float64: in float32, x * 65535 carries errors up to ~0.004 of a level, enough to round
-    # values near a half level the wrong way.
-    levels = np.floor(np.clip(x.astype(np.float64, copy=False), 0.0, 1.0) * top + 0.5)
-    return levels.astype(np.uint8 if bit_depth == 8 else np.uint16)
+    out = np.empty(x.shape, dtype=np.uint8 if bit_depth == 8 else np.uint16)
+    # In slabs of rows: whole-image float64 temporaries were 3-4 times a large output's own
+    # size (8 GB for a 12000x8000 SR result).
+    rows = max(1, _QUANTIZE_SLAB // max(1, x[:1].size))
+    for i in range(0, len(x), rows):
+        part = x[i:i + rows]
+        if not np.isfinite(part).all():
+            raise ValueError("cannot quantize non-finite values (NaN or Inf)")
+        # float64: in float32, x * 65535 carries errors up to ~0.004 of a level, enough to
+        # round values near a half level the wrong way.
+        levels = np.clip(part.astype(np.float64), 0.0, 1.0)
+        levels *= top
+        levels += 0.5
+        np.floor(levels, out=levels)
+        out[i:i + rows] = levels
+    return out
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:
@@ -493,7 +506,8 @@ def from_tensor(t) -> np.ndarray:
         if t.shape[0] != 1:
             raise ValueError(f"expected a single image, got a batch of {t.shape[0]}")
         t = t[0]
-    return ((t.detach().cpu() + 1) / 2).permute(1, 2, 0).numpy()
+    # One new tensor, not two: outputs can be many megapixels.
+    return t.detach().cpu().add(1).div_(2).permute(1, 2, 0).numpy()
 
 
 def upscale_alpha(alpha: np.ndarray, factor: int = 4, size: Optional[Tuple[int, int]] = None) -> np.ndarray:

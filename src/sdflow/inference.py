@@ -452,6 +452,7 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
         if size is not None:
             y = resize(y, size, "bicubic")
         rgb = from_tensor(y)
+        del y   # a large output's tensor, no longer needed once copied for writing
         if image.alpha is not None and alpha is None:
             alpha = (upscale_alpha(image.alpha, SCALE, size) if options.mode == "sr"
                      else downscale_alpha(image.alpha, SCALE))
