@@ -337,7 +337,8 @@ def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optiona
     with torch.inference_mode():
         tile = _tile_size(model, x, options)
         if tile is not None:
-            return _tiled(model, x, options, tile, generator, conditions, progress)
+            return _tiled(model, x, options, tile, generator, conditions, progress,
+                          f"tiles, sample {k}" if options.samples > 1 else "tiles")
         if options.mode == "sr":
             return model.super_resolve(x, tau=options.tau, generator=generator,
                                        **_conditioned(model, "sr", conditions, "whole", x))
@@ -381,13 +382,13 @@ def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
 
 
 def _tiled(model, x, options: Options, tile: int, generator, conditions: Optional[dict],
-           progress: bool) -> torch.Tensor:
+           progress: bool, desc: str = "tiles") -> torch.Tensor:
     from tqdm import tqdm
 
     from sdflow import tiling
 
     # A large image takes minutes: a second bar, under the images' one, counts its tiles.
-    with tqdm(desc="tiles", unit="tile", leave=False, disable=not progress, file=sys.stderr,
+    with tqdm(desc=desc, unit=" tile", leave=False, disable=not progress, file=sys.stderr,
               dynamic_ncols=True) as bar:
         def on_tile(done, total):
             if bar.total != total:
