@@ -417,16 +417,36 @@ def test_writing_into_the_input_folder_can_be_rerun_and_resumed(tmp_path, tiny_m
     assert (src / "a_sr_1.png").read_bytes() == first["a_sr_1.png"]
     assert (src / "b_sr_0.jpg").read_bytes() == b"kept"
     assert all((src / n).read_bytes() == data for n, data in inputs.items())
-    # One sample now: the earlier numbered files and this run's own are outputs, not inputs.
-    for _ in range(2):
-        assert sdflow(*args[:-2]) == 0
-        assert "4 of 4 image(s) done, 4 file(s) written" in capsys.readouterr().out
-    assert (src / "a_sr.png").is_file() and not (src / "a_sr_sr.png").exists()
+    # Only this run's exact output names are set aside: a file this run would not write (another
+    # extension, a sample number it does not draw) is a real input, read and never overwritten.
+    (src / "b_sr_0.jpg").unlink()
+    solo = tmp_path / "solo"
+    save(solo / "b.jpg", 8, 8, seed=1)
+    save(solo / "b_sr.png", 8, 8, seed=4)            # b.jpg's output would be b_sr.jpg
+    save(solo / "scan.png", 8, 8, seed=5)
+    save(solo / "scan_sr_2023.png", 8, 8, seed=6)    # one sample: no _2023 output
+    assert sdflow("sr", "-q", "-i", solo, "-o", solo, "--model", tiny_model_path) == 0
+    assert "4 of 4 image(s) done" in capsys.readouterr().out
+    assert {"b_sr_sr.png", "scan_sr_2023_sr.png", "b_sr.jpg", "scan_sr.png"} <= set(files(solo))
 
     # Without a suffix an output's name says nothing of its origin: real inputs stay protected.
     assert sdflow("sr", "-q", "-i", src / "a.png", "-o", src, "--model", tiny_model_path, "--suffix", "") == 2
     assert "non-empty --suffix" in capsys.readouterr().err
     assert (src / "a.png").read_bytes() == inputs["a.png"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_model_writes_its_images(tmp_path, tiny_model_path, dtype):
+    """sdflow.load(dtype=float16 / bfloat16) through the library's batch job: numpy has no
+    bfloat16, so the outputs are widened for writing rather than failing."""
+    import sdflow
+    from sdflow import inference
+
+    save(tmp_path / "in" / "a.png", 8, 8)
+    model = sdflow.load(tiny_model_path, dtype=dtype)
+    summary = inference.run_batch(model, tmp_path / "in", tmp_path / "out", inference.Options(mode="sr", tau=0.0),
+                                  progress=False)
+    assert not summary.failed and files(tmp_path / "out") == ["a_sr.png"]
 
 
 def test_ds_components_sampler_and_precision(tmp_path, tiny_model_path):

@@ -253,6 +253,14 @@ def test_a_rerun_into_the_same_folder_leaves_no_stale_table_and_skips_its_report
     assert not (out / "ds_mean.csv").exists() and (out / "sr_mean.csv").is_file()
 
 
+def test_an_output_folder_that_holds_the_inputs_excludes_nothing(tmp_path, monkeypatch):
+    """`sdflow eval --hr HR --lr LR -o .`: the output folder holds the inputs, not the reverse."""
+    make_pairs(tmp_path, names=("a",))
+    monkeypatch.chdir(tmp_path)
+    assert run("eval", "-q", "--hr", "HR", "--lr", "LR", "-o", ".", "--model", "none") == 0
+    assert read_csv(tmp_path / "sr_mean.csv")[0]["images"] == "1"
+
+
 def test_an_image_too_small_for_ssim_does_not_blank_the_means(tmp_path):
     make_pairs(tmp_path, names=("a",))
     make_pairs(tmp_path / "small", names=("b",), hw=(16, 16))

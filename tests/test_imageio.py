@@ -357,14 +357,17 @@ def _png_header_only(path, width, height):
 
 
 def test_large_photos_are_not_taken_for_decompression_bombs(tmp_path, monkeypatch):
-    """A 182-megapixel photo (over Pillow's default limit) opens; over 2^31 px is refused."""
-    _png_header_only(tmp_path / "photo.png", 13500, 13500)
-    with PILImage.open(tmp_path / "photo.png") as im:   # the size check happens here
-        assert im.size == (13500, 13500)
+    """With the command's setting a 182-megapixel photo (over Pillow's default limit) opens;
+    over 2^31 px is refused. The library alone leaves Pillow's process-wide limit as it was."""
+    from sdflow.imageio import allow_large_images
+
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 89478485)   # Pillow's own default
+    _png_header_only(tmp_path / "photo.png", 13500, 13500)
     with pytest.raises(PILImage.DecompressionBombError):
         PILImage.open(tmp_path / "photo.png")
-    monkeypatch.undo()
+    allow_large_images()
+    with PILImage.open(tmp_path / "photo.png") as im:   # the size check happens here
+        assert im.size == (13500, 13500)
     _png_header_only(tmp_path / "bomb.png", 50000, 50000)
     with pytest.raises(ImageReadError, match="too large"):
         read_image(tmp_path / "bomb.png")

@@ -1,4 +1,5 @@
 """SDFlow API: shapes, sampling controls, likelihoods, and our checkpoint format."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -171,13 +172,12 @@ def test_a_saved_model_loads_whatever_its_file_is_called(model, tmp_path):
 
 
 def test_mixture_components_as_numpy_or_tensor_indices(model):
-    import numpy as np
-
     hr = torch.rand(1, 3, 16, 16) * 2 - 1
     ref = model.downscale(hr, 0.8, component=1, generator=torch.Generator().manual_seed(0))
     for c in (np.int64(1), torch.tensor(1), [1], np.array([1])):
         assert torch.equal(model.downscale(hr, 0.8, component=c, generator=torch.Generator().manual_seed(0)), ref)
-    for bad in (True, 1.5):
+    assert torch.equal(model.downscale(hr, 0.8, component=(c for c in [1]), generator=torch.Generator().manual_seed(0)), ref)
+    for bad in (True, 1.5, np.bool_(True), torch.tensor(True)):
         with pytest.raises(ValueError, match="whole numbers"):
             model.downscale(hr, component=bad)
 

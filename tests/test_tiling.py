@@ -84,6 +84,17 @@ def test_ds_tiles_blend_to_the_untiled_result_for_a_local_model(tile, pad):
     assert out.shape == ref.shape == (1, 3, 19, 26) and torch.allclose(out, ref, atol=1e-5)
 
 
+def test_float64_images_draw_the_float32_models_noise_tiled_batched_or_whole(tiny):
+    from sdflow.batching import batched_super_resolve
+
+    lr = torch.rand(1, 3, 24, 24, dtype=torch.float64) * 2 - 1
+    whole = tiny.super_resolve(lr.float(), 0.8, seeded(3))
+    assert torch.equal(tiny.super_resolve(lr, 0.8, seeded(3)), whole)
+    assert tiny.sample_hf_latent(lr, 0.8, seeded(3)).dtype == torch.float32
+    assert torch.allclose(tiled_super_resolve(tiny, lr, 12, 4, 0.8, seeded(3)), whole, atol=0.05)
+    assert torch.allclose(batched_super_resolve(tiny, [lr], tau=0.8, generators=[seeded(3)])[0], whole, atol=1e-5)
+
+
 def test_tiled_output_has_the_models_dtype(tiny):
     model64 = copy.deepcopy(tiny).double()
     lr = torch.rand(1, 3, 20, 24, dtype=torch.float64) * 2 - 1

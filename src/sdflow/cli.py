@@ -57,6 +57,9 @@ def main(argv=None) -> int:
         before = argv[:argv.index(args.command)] if args.command in argv else []
         owner = parser if any(u in before for u in unknown) else parser.commands[args.command]
         owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    from sdflow.imageio import allow_large_images
+
+    allow_large_images()   # photos of 200 MP are photos, not decompression bombs
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -34,12 +34,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", "
 WRITE_EXTENSIONS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 JPEG_QUALITY = 95
 
-# Pillow refuses images of over 179 megapixels as possible decompression bombs; a 200 MP phone
-# photo is over that, and sdflow tiles whatever it reads. The limit is raised (never lowered,
-# since it is Pillow's global) to 2^30 px, 12 GiB as float32 RGB; over twice that is refused.
 MAX_PIXELS = 2 ** 30
-if PILImage.MAX_IMAGE_PIXELS is not None and PILImage.MAX_IMAGE_PIXELS < MAX_PIXELS:
-    PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def allow_large_images() -> None:
+    """Pillow refuses images of over 179 megapixels as possible decompression bombs; a 200 MP
+    phone photo is over that, and sdflow tiles whatever it reads. The `sdflow` command raises the
+    limit (never lowers it) to 2^30 px, 12 GiB as float32 RGB; over twice that is refused. It is
+    Pillow's process-wide setting, so the library leaves it to its caller."""
+    if PILImage.MAX_IMAGE_PIXELS is not None and PILImage.MAX_IMAGE_PIXELS < MAX_PIXELS:
+        PILImage.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 _ORIENTATION_TAG = 0x0112
 _QUANTIZE_SLAB = 1 << 22   # values quantized at a time
@@ -440,6 +444,8 @@ def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     skip = Path(exclude).resolve() if exclude is not None else None
+    if skip is not None and _is_within(path.resolve(), skip):
+        skip = None   # an output folder that holds the input (`-o .`) is not inside it
     found, seen = [], set()
     for folder, dirs, files in os.walk(path, followlinks=True):
         real = os.path.realpath(folder)
@@ -506,8 +512,11 @@ def from_tensor(t) -> np.ndarray:
         if t.shape[0] != 1:
             raise ValueError(f"expected a single image, got a batch of {t.shape[0]}")
         t = t[0]
+    t = t.detach().cpu()
+    if t.dtype.itemsize < 4:   # float16 / bfloat16 models; numpy has no bfloat16
+        t = t.float()
     # One new tensor, not two: outputs can be many megapixels.
-    return t.detach().cpu().add(1).div_(2).permute(1, 2, 0).numpy()
+    return t.add(1).div_(2).permute(1, 2, 0).numpy()
 
 
 def upscale_alpha(alpha: np.ndarray, factor: int = 4, size: Optional[Tuple[int, int]] = None) -> np.ndarray:

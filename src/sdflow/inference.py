@@ -10,10 +10,10 @@ had under the input folder (a single input file goes straight into the output fo
 ext "auto": JPEG inputs (.jpg, .jpeg) give .jpg; every other input (PNG, WebP, BMP, TIFF) gives .png,
 which is lossless and the one format here that keeps alpha and 16 bits.
 
-Outputs may go into the input folder: a file there named as the output of another input beside it
-(a_sr.png, a_sr_1.png beside a.png, with the suffix in use; none with an empty suffix) is taken for
-an earlier run's output, not an input, so a re-run replaces it and --skip-existing keeps it. Other
-inputs are never overwritten.
+Outputs may go into the input folder: a file there with exactly a name this run would write for
+another input beside it (a_sr.png beside a.png; a_sr_1.png with --samples 2 or more; none with an
+empty suffix) is taken for an earlier run's output, not an input, so a re-run replaces it and
+--skip-existing keeps it. Other files are inputs, and inputs are never overwritten.
 
 Seeds: sample k of every image is drawn with a generator seeded with `seed + k` on the model's
 device, so a file's outputs depend only on (model, image, options, seed, k): not on which other
@@ -29,7 +29,7 @@ import collections
 import contextlib
 import itertools
 import math
-import re
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -197,48 +197,20 @@ def output_names(rel: Path, options: Options) -> List[Path]:
     return [rel.with_name(f"{stem}_{k}.{ext}") for k in range(options.samples)]
 
 
-def _own_output_stems(name: str, suffix: str) -> List[str]:
-    """The input stems whose output (with `suffix`, any sample number, a format sdflow writes)
-    could be called `name`; [] when no output of this command is called that."""
-    base, dot, ext = name.rpartition(".")
-    if not dot or ext not in ("png", "jpg"):
-        return []
-    stems = []
-    tail = f"_{suffix}"
-    if base.endswith(tail):
-        stems.append(base[:-len(tail)])
-    numbered = re.fullmatch(rf"(.+){re.escape(tail)}_\d+", base)
-    if numbered:
-        stems.append(numbered[1])
-    return [s for s in stems if s]
-
-
 def _earlier_outputs(sources: List[Path], rels: List[Path], output_dir: Path, options: Options) -> set:
-    """Indices of the sources that are this command's outputs of other sources: files that an
-    earlier run wrote where this one writes (`-o` the input folder), named <stem>_<suffix>[_<k>].
-    png|jpg after another input beside them. Reading them as inputs would make a re-run fail on
-    its own outputs and --skip-existing unable to resume. With an empty suffix an output's name
-    says nothing of its origin (frame_1.png), so none is set aside and the overwrite check guards."""
+    """Indices of the sources that this command would write as outputs of other sources (an
+    earlier run with `-o` the input folder: a_sr.png beside a.png). Reading them as inputs would
+    make a re-run fail on its own outputs and --skip-existing unable to resume. Only exact
+    planned names count (suffix, extension and sample numbers of this run), so a real input such
+    as scan_sr_2023.png stays an input. With an empty suffix an output's name says nothing of
+    its origin, so none is set aside and the overwrite check guards."""
     if not options.name_suffix:
         return set()
-    folders = {}
-
-    def real(folder: Path) -> Path:
-        if folder not in folders:
-            folders[folder] = folder.resolve()
-        return folders[folder]
-
-    # Where each source's outputs land, by (real folder, stem).
-    makers = {}
+    planned = {}
     for i, rel in enumerate(rels):
-        makers.setdefault((real(output_dir / rel.parent), rel.stem), set()).add(i)
-    found = set()
-    for i, source in enumerate(sources):
-        for stem in _own_output_stems(source.name, options.name_suffix):
-            if makers.get((real(source.parent), stem), set()) - {i}:
-                found.add(i)
-                break
-    return found
+        for out in output_names(rel, options):
+            planned.setdefault(os.path.normcase((output_dir / out).resolve()), set()).add(i)
+    return {i for i, source in enumerate(sources) if planned.get(os.path.normcase(source.resolve()), set()) - {i}}
 
 
 def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,

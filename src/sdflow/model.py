@@ -134,7 +134,9 @@ class SDFlow(nn.Module):
         exactly what `super_resolve(lr, tau, generator)` draws, so the two agree sample for sample."""
         _check_tau(tau)
         shape = hf_latent_shape(lr.shape)
-        return self.f_hf.prior_sample(shape, tau, generator, device=lr.device, dtype=lr.dtype)
+        # In the model's dtype whatever the image's: a float64 image must draw the float32 model's
+        # noise, tiled, batched or whole alike.
+        return self.f_hf.prior_sample(shape, tau, generator, device=lr.device, dtype=self.dtype)
 
     def sample_deg_latent(self, hr: torch.Tensor, tau: float = 0.8,
                           component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
@@ -143,7 +145,7 @@ class SDFlow(nn.Module):
         what `downscale(hr, tau, component, sampler, generator=generator)` draws."""
         _check_tau(tau)
         shape = deg_latent_shape(hr.shape)
-        return self.deg_prior.sample(shape, tau, component, sampler, generator).to(hr.dtype)
+        return self.deg_prior.sample(shape, tau, component, sampler, generator).to(self.dtype)
 
     def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
         """z_c of an HR image whose sides are multiples of 8."""

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -36,8 +36,12 @@ class GaussianMixturePrior(nn.Module):
         else:
             # One index (int, numpy integer, 0-d tensor) or a sequence of them; bools and
             # fractions are mistakes, not indices.
-            items = [component] if not isinstance(component, (list, tuple, range)) and (
-                not hasattr(component, "__len__") or getattr(component, "ndim", 1) == 0) else list(component)
+            if hasattr(component, "ndim"):   # numpy arrays and scalars, tensors
+                items = component.reshape(-1).tolist()
+            elif isinstance(component, Iterable) and not isinstance(component, (str, bytes)):
+                items = list(component)
+            else:
+                items = [component]
             if any(isinstance(c, bool) or not float(c).is_integer() for c in items):
                 raise ValueError(f"mixture components are whole numbers in [0, {k - 1}], got {component!r}")
             ids = [int(c) for c in items]

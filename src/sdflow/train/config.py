@@ -277,13 +277,14 @@ class TrainConfig:
             "val.ds_tau": (v.ds_tau, 0), "debug.interrupt_after_step": (self.debug.interrupt_after_step, 0),
             "disc.latent_channels": (dc.latent_channels, 1), "disc.latent_layers": (dc.latent_layers, 1),
             "disc.image_channels": (dc.image_channels, 1), "disc.hr_layers": (dc.hr_layers, 1),
-            "disc.lr_layers": (dc.lr_layers, 1), "disc.lr_channels": (dc.lr_channels, 1),
+            "disc.lr_layers": (dc.lr_layers, 1), "disc.lr_channels": (dc.lr_channels, 0),
         }
         for key, (value, low) in least.items():
             if value is not None:
                 _at_least(key, value, low)
-        for key, value in (("optim.lr", o.lr), ("optim.d_lr", o.d_lr), ("optim.lr_gamma", o.lr_gamma)):
-            _at_least(key, value, 0, strict=True)
+        for key, value in (("optim.lr", o.lr), ("optim.d_lr", o.d_lr)):
+            _at_least(key, value, 0)   # 0 is Adam's "hold still", a legitimate ablation
+        _at_least("optim.lr_gamma", o.lr_gamma, 0, strict=True)
         for key, values in (("debug.inject_nan_steps", self.debug.inject_nan_steps),
                             ("optim.lr_milestones", o.lr_milestones), ("optim.betas", o.betas)):
             for value in values:
