@@ -335,6 +335,17 @@ def test_cli_unpaired_is_disjoint_and_seeded(tmp_path, hr_dir):
     assert len(png_names(out / "train_HR")) == 2 and len(png_names(out / "train_LR")) == 6
 
 
+def test_cli_unpaired_splits_only_the_readable_photos(tmp_path, hr_dir, capsys):
+    src, names = hr_dir
+    for bad in ("broken_a.png", "broken_b.jpg"):
+        (src / bad).write_bytes(b"not an image")
+    out = tmp_path / "u"
+    assert run_cli(["-i", str(src), "-o", str(out), "--mode", "unpaired", "--preset", "bicubic"]) == 1
+    assert len(png_names(out / "train_HR")) == len(png_names(out / "train_LR")) == 4
+    err = capsys.readouterr().err
+    assert "broken_a.png: not an image" in err and "broken_b.jpg: not an image" in err
+
+
 def test_cli_reports_unreadable_file(tmp_path, hr_dir, capsys):
     src, names = hr_dir
     (src / "broken.png").write_bytes(b"this is not a PNG at all")

@@ -92,6 +92,17 @@ def load_rgb(path: Path):
     return read_rgb8(path)
 
 
+def _opens(path: Path) -> bool:
+    """Whether Pillow opens the file (its header only: quick for thousands of photos)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return True
+    except Exception:  # noqa: BLE001 - Pillow raises many types for broken files
+        return False
+
+
 def save_png(arr, path: Path) -> None:
     from PIL import Image
 
@@ -133,6 +144,12 @@ def run(args) -> int:
     if args.mode == "paired":
         jobs = [(r, out / "HR" / names[r], out / "LR" / names[r]) for r in rels]
     else:
+        # Split what can be opened: a broken file must not take a place on either side.
+        unreadable = [r for r in rels if not _opens(src / r)]
+        for r in unreadable:
+            print(f"failed: {src / r}: not an image Pillow can open", file=sys.stderr)
+        failed += unreadable
+        rels = [r for r in rels if r not in set(unreadable)]
         hr_side, lr_side = split_unpaired(rels, args.seed, args.split)
         if not hr_side or not lr_side:
             print(f"warning: --split {args.split} with {len(rels)} photos leaves "
