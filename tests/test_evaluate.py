@@ -421,6 +421,9 @@ def test_plot_and_ticks():
                           title="t")
     assert svg.count("<circle") == 2 and "1 infinite point not drawn" in svg
     assert 'stroke-dasharray="6 4"' in svg
+    # An infinite reference (bicubic identical to the truth on every image) is said, not dropped quietly.
+    svg = report.svg_plot([("m", [(0, 20.0)])], [("bic", math.inf)], title="t")
+    assert 'stroke-dasharray="6 4"' not in svg and "the bic line (infinite) not drawn" in svg
     # A crop at whole zooms of its LR pixels, near the target size.
     assert report.display_size(128) % 32 == 0 and report.display_size(96) % 24 == 0
 

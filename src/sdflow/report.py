@@ -91,11 +91,13 @@ def svg_plot(series: Sequence[Tuple[str, Sequence[Tuple[float, float]]]],
     """A line plot as an inline <svg>: `series` are (name, [(x, y), ...]) drawn as lines with
     markers; `baselines` (name, y) are dashed horizontal lines across the plot, baseline i in the
     colour of series i (a method and its reference read as a pair). Points with a non-finite y
-    (identical images give PSNR inf) are left out, and the title says how many."""
+    (identical images give PSNR inf) are left out, and so are baselines at a non-finite y; the
+    title says how many of each."""
     pts = [(n, sorted((float(x), float(y)) for x, y in p if math.isfinite(y))) for n, p in series]
     dropped = sum(len(p) for _, p in series) - sum(len(p) for _, p in pts)
     base = [(n, float(y), _COLORS[i % len(_COLORS)]) for i, (n, y) in enumerate(baselines)
             if math.isfinite(y)]
+    dropped_lines = [n for n, y in baselines if not math.isfinite(y)]
     xs = [x for _, p in pts for x, _ in p] or [0.0, 1.0]
     ys = [y for _, p in pts for _, y in p] + [y for _, y, _ in base] or [0.0, 1.0]
     x_lo, x_hi = min(xs), max(xs)
@@ -128,7 +130,9 @@ def svg_plot(series: Sequence[Tuple[str, Sequence[Tuple[float, float]]]],
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img">']
     if title:
-        note = f" ({dropped} infinite point{'s' * (dropped > 1)} not drawn)" if dropped else ""
+        parts = ([f"{dropped} infinite point{'s' * (dropped > 1)}"] if dropped else []) + \
+            [f"the {n} line (infinite)" for n in dropped_lines]
+        note = f" ({' and '.join(parts)} not drawn)" if parts else ""
         out.append(f'<text x="{left}" y="16" font-weight="600">{html.escape(title + note)}</text>')
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fff" stroke="#999"/>')
     y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
