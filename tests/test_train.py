@@ -582,20 +582,24 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
     assert not diff, f"resumed run differs in {diff[:5]}"
 
 
-_KILL_GROUP_AT_STEP_2 = """
-import os, signal, subprocess, sys
+def sigterm_at_step_2(kill: str, target: str) -> str:
+    """A script that runs `sdflow train` with its arguments and, once step 2 ends on the main
+    rank, has another process call os.<kill>(<target>, SIGTERM), as a shell's kill or a terminal
+    would: a worker killed by its own parent would exit quietly, and the defect would not show.
+    `target` is a Python expression evaluated in the trainer's process (os.getpgrp(): its own
+    process group; os.getppid(): torchrun)."""
+    return f"""
+import os, subprocess, sys
 from sdflow.commands import train as cmd
 from sdflow.train import loop
 
-def kill_group(trainer):
-    # Sent by another process, as a shell's kill or a terminal is: a worker killed by its
-    # own parent would exit quietly, and the defect would not show.
-    if trainer.step == 2:
+def send(trainer):
+    if trainer.step == 2 and trainer.dist.is_main:
         subprocess.run([sys.executable, "-c", "import os, signal, sys; "
-                        "os.killpg(int(sys.argv[1]), signal.SIGTERM)", str(os.getpgrp())])
+                        "os.{kill}(int(sys.argv[1]), signal.SIGTERM)", str({target})])
 
 plain = loop.train
-loop.train = lambda cfg, out, resume=False: plain(cfg, out, resume, on_step_end=kill_group)
+loop.train = lambda cfg, out, resume=False: plain(cfg, out, resume, on_step_end=send)
 sys.exit(cmd.main(sys.argv[1:]))
 """
 
@@ -608,7 +612,7 @@ def test_sigterm_to_the_process_group_with_workers_saves_and_exits_130(data, tmp
     make_cfg(data, **{"train.steps": 5, "data.num_workers": 2}).save(cfg_path)
     run = tmp_path / "run"
     # A session of its own: the signal goes to the trainer and its workers, not to pytest.
-    p = subprocess.Popen([sys.executable, "-c", _KILL_GROUP_AT_STEP_2, "--config", str(cfg_path),
+    p = subprocess.Popen([sys.executable, "-c", sigterm_at_step_2("killpg", "os.getpgrp()"), "--config", str(cfg_path),
                           "--out", str(run)], start_new_session=True, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate(timeout=300)

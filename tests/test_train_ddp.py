@@ -11,6 +11,7 @@ import torch
 
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig, apply_overrides
+from test_train import sigterm_at_step_2
 
 
 @pytest.fixture(scope="module")
@@ -84,27 +85,10 @@ def test_two_ranks_stay_identical_and_resume_exactly(data, tmp_path):
     assert not diff, f"resumed DDP run differs in {diff[:5]}"
 
 
-# Rank 0 has another process send SIGTERM to torchrun after step 2, as `kill` from a shell
-# would; torchrun passes it on to each rank's process group, DataLoader workers included.
-_TERM_TORCHRUN_AT_STEP_2 = """
-import os, subprocess, sys
-from sdflow.commands import train as cmd
-from sdflow.train import loop
-
-def term_torchrun(trainer):
-    if trainer.step == 2 and trainer.dist.is_main:
-        subprocess.run([sys.executable, "-c", "import os, signal, sys; "
-                        "os.kill(int(sys.argv[1]), signal.SIGTERM)", str(os.getppid())])
-
-plain = loop.train
-loop.train = lambda cfg, out, resume=False: plain(cfg, out, resume, on_step_end=term_torchrun)
-sys.exit(cmd.main(sys.argv[1:]))
-"""
-
-
 def test_sigterm_to_torchrun_with_workers_saves_a_checkpoint(data, tmp_path):
     script = tmp_path / "term.py"
-    script.write_text(_TERM_TORCHRUN_AT_STEP_2)
+    # torchrun passes SIGTERM on to each rank's process group, DataLoader workers included.
+    script.write_text(sigterm_at_step_2("kill", "os.getppid()"))
     cfg_path = tiny_config(tmp_path / "cfg.yaml", "train.steps=6", "data.num_workers=1")
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(script), "--out", str(tmp_path / "run"), "--config", str(cfg_path),

@@ -52,6 +52,8 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # viewer would show for the model's RGB output.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
+# Pillow modes with more than 8 bits per sample, which its RGB conversion clips.
+_WIDE_MODES = ("F", "I", "I;16", "I;16B", "I;16L", "I;16N")
 # PNG colour type -> channels; palette images (3) are never 16-bit.
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
 # Adam7 passes: (x0, y0, dx, dy).
@@ -472,16 +474,12 @@ def read_rgb8(path: PathLike) -> np.ndarray:
     from PIL import ImageOps
 
     path = Path(path)
-    if path.suffix.lower() == ".png" and _png16_colour(path):
-        return quantize(read_image(path).rgb, 8)
-    with PILImage.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode == "F":
-            raise ImageReadError(path, "32-bit floating-point images are not supported")
-        if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-            a = np.clip(np.asarray(im).astype(np.float64), 0, 65535) / 257.0
-            return np.repeat(np.rint(a).astype(np.uint8)[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
+    if not (path.suffix.lower() == ".png" and _png16_colour(path)):
+        with PILImage.open(path) as im:
+            if im.mode not in _WIDE_MODES:
+                return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    # 16-bit and float samples: read_image's decoding (which refuses float), then rounded.
+    return quantize(read_image(path).rgb, 8)
 
 
 def _is_within(p: Path, folder: Path) -> bool:

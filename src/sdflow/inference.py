@@ -94,8 +94,8 @@ class Options:
             raise InferenceError(f"samples must be a whole number >= 1, got {self.samples!r}")
         if int(self.seed) != self.seed or self.seed < 0:
             raise InferenceError(f"seed must be a whole number >= 0, got {self.seed!r}")
-        if seed_range_error(self.seed, self.samples):
-            raise InferenceError(seed_range_error(self.seed, self.samples))
+        if error := seed_range_error(self.seed, self.samples):
+            raise InferenceError(error)
         if self.ext not in EXTS:
             raise InferenceError(f"ext must be one of {EXTS}, got {self.ext!r}")
         if self.sampler not in SAMPLERS:

@@ -149,7 +149,8 @@ def run(args) -> int:
         for r in unreadable:
             print(f"failed: {src / r}: not an image Pillow can open", file=sys.stderr)
         failed += unreadable
-        rels = [r for r in rels if r not in set(unreadable)]
+        skip = set(unreadable)
+        rels = [r for r in rels if r not in skip]
         hr_side, lr_side = split_unpaired(rels, args.seed, args.split)
         if not hr_side or not lr_side:
             print(f"warning: --split {args.split} with {len(rels)} photos leaves "

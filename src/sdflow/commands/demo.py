@@ -51,8 +51,8 @@ def run(args) -> int:
     from sdflow.data.degrade import PRESETS
     from sdflow.imageio import write_image
 
-    if seed_range_error(args.seed, args.samples):
-        return _usage_error(seed_range_error(args.seed, args.samples))
+    if error := seed_range_error(args.seed, args.samples):
+        return _usage_error(error)
     source = args.model if args.model is not None else default_model_source()
     if source is None:
         return _usage_error("this installation ships no bundled model; give one with --model")

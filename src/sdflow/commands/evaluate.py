@@ -64,8 +64,8 @@ def run(args) -> int:
     from sdflow.checkpoints import CheckpointError, load
     from sdflow.commands.infer import default_model_source, resolve_device
 
-    if seed_range_error(args.seed, args.samples):
-        return _usage_error(seed_range_error(args.seed, args.samples))
+    if error := seed_range_error(args.seed, args.samples):
+        return _usage_error(error)
     for flag, folder in (("--hr", args.hr), ("--lr", args.lr)):
         if not folder.is_dir():
             return _usage_error(f"{flag}: no such folder: {folder}")

@@ -147,14 +147,11 @@ class InvConv1x1(nn.Module):
         if self._cache is None or not all(a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
                                           for a, b in zip(self._cache[0], state)):
             dtype = self.lower.dtype
-            if dtype in (torch.float16, torch.bfloat16):
-                # No half-precision inverse exists (and none would be accurate): work in
-                # float32 and round the results.
-                w = self.weight(torch.float32).detach()
-                self._cache = (tuple(t.detach().clone() for t in state), w.to(dtype), torch.linalg.inv(w).to(dtype))
-            else:
-                w = self.weight().detach()
-                self._cache = (tuple(t.detach().clone() for t in state), w, torch.linalg.inv(w))
+            # No half-precision inverse exists (and none would be accurate): such models work
+            # in float32 and round the results.
+            work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else None
+            w = self.weight(work).detach()
+            self._cache = (tuple(t.detach().clone() for t in state), w.to(dtype), torch.linalg.inv(w).to(dtype))
         return self._cache[1], self._cache[2]
 
     def _logdet(self, x):

@@ -176,11 +176,8 @@ class GeneratorObjective(nn.Module):
         m = self.model
         hr_in = dequantize(hr) if self.dequantize_inputs else hr
         lr_in = dequantize(lr) if self.dequantize_inputs else lr
-        z_c_h, z_h, _ = m.encode_hr(hr_in)
-        c = m.content(lr)
-        m.f_hf(z_h, z_c_h)
-        z_lr, _ = m.f_lr(lr_in)
-        m.f_deg(z_lr - c, c)
+        m.hr_log_density(hr_in)
+        m.lr_log_density(lr_in, m.content(lr))
 
     def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return call_frozen(self.critics[name], x)
