@@ -546,9 +546,9 @@ def test_workers_read_ahead_in_threads_and_change_nothing(tmp_path, tiny_model_p
     readers = []
     real_read = inference.read_image
 
-    def spy(path):
+    def spy(path, *more):
         readers.append((Path(path).name, threading.current_thread().name))
-        return real_read(path)
+        return real_read(path, *more)
 
     monkeypatch.setattr(inference, "read_image", spy)
     outs = {}

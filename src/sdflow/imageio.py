@@ -19,14 +19,15 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image as PILImage
 
 __all__ = ["IMAGE_EXTENSIONS", "WRITE_EXTENSIONS", "Image", "ImageReadError", "read_image",
            "write_image", "find_images", "quantize", "luminance", "to_tensor", "from_tensor",
-           "upscale_alpha", "downscale_alpha", "decode_png", "encode_png"]
+           "upscale_alpha", "downscale_alpha", "decode_png", "encode_png", "available_memory",
+           "partial_path"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -56,6 +57,14 @@ _GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N")
 _WIDE_MODES = ("F", "I", "I;16", "I;16B", "I;16L", "I;16N")
 # PNG colour type -> channels; palette images (3) are never 16-bit.
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+# Arrays read_image makes per pixel besides Pillow's own (a copy out of Pillow, float32 RGB, one
+# more float32 copy while orienting and making it contiguous, alpha), and for 16-bit samples (the
+# int64 / float64 steps of 16-bit gray; sdflow's colour codec: inflated rows, int16 filter planes).
+_READ_BYTES = 40
+_READ_BYTES_16 = 96
+# read_rgb8's: Pillow's RGB conversion and EXIF transpose, and the uint8 array.
+_READ_RGB8_BYTES = 12
+_INFLATE_PIECE = 1 << 20
 # Adam7 passes: (x0, y0, dx, dy).
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
           (0, 1, 1, 2))
@@ -95,26 +104,43 @@ class Image:
 
 # ----- reading ----------------------------------------------------------------------------------
 
-def read_image(path: PathLike) -> Image:
+def read_image(path: PathLike, need: Optional[Callable[[int, int, int], int]] = None) -> Image:
     """Decode `path` (PNG, JPEG, WebP, BMP, TIFF) with its EXIF orientation applied.
 
-    Raises ImageReadError for missing, empty, truncated, corrupt or unsupported files.
+    Raises ImageReadError for missing, empty, truncated, corrupt or unsupported files, and for
+    images too large for the memory available (judged from the header, before decoding; `need`,
+    given (width, height, bit depth), says how many bytes the caller's processing will add).
     Multi-frame files give their first frame.
     """
     path = Path(path)
+    _check_file(path)
+    try:
+        return _read_image(path, need)
+    except MemoryError:
+        # The estimate let it through, yet an allocation failed: this file fails, not the batch.
+        raise ImageReadError(path, "out of memory while decoding it") from None
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageReadError(path, "no such file")
     if not path.is_file():
         raise ImageReadError(path, "not a file")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+
+
+def _read_image(path: Path, need) -> Image:
     try:
         with PILImage.open(path) as im:
+            fmt = im.format
+            png16 = _png16_colour(path) if fmt == "PNG" else False
+            depth = 16 if png16 or im.mode in _WIDE_MODES else 8
+            _check_before_decoding(path, im, _READ_BYTES_16 if depth == 16 else _READ_BYTES,
+                                   need(*im.size, depth) if need is not None else 0)
             # Decode now: Pillow is lazy, and a truncated file must fail here, not later.
             im.load()
-            fmt = im.format
             orientation = _orientation(im)
-            png16 = _png16_colour(path) if fmt == "PNG" else False
             if png16:
                 color, alpha, gray = _read_png16(path)
                 depth = 16
@@ -135,6 +161,117 @@ def read_image(path: PathLike) -> Image:
     return Image(rgb=np.ascontiguousarray(color, dtype=np.float32),
                  alpha=None if alpha is None else np.ascontiguousarray(alpha, dtype=np.float32),
                  grayscale=gray, bit_depth=depth, path=path, format=fmt)
+
+
+def _check_before_decoding(path: Path, im: PILImage.Image, read_bytes: int, extra: int = 0,
+                           check_data: bool = True) -> None:
+    """Refuse, from the header alone, an image whose decoding (`read_bytes` per pixel besides
+    Pillow's own) and processing (`extra` bytes) would not fit in the memory available: a
+    429-byte PNG may declare 30000 x 30000 pixels, and on Linux an allocation past the memory
+    gets the process killed rather than an error. Then (`check_data`) refuse PNG data too short
+    for the rows the header declares, which Pillow would fill with black without a word."""
+    w, h = im.size
+    pillow = 1 if im.mode in ("1", "L", "P") else 2 if im.mode.startswith("I;16") else 4
+    total = w * h * (pillow + read_bytes) + extra
+    free = available_memory()
+    if free is not None and total > free:
+        raise ImageReadError(path, f"too large for the memory available: {w}x{h} px needs about "
+                                   f"{_size(total)} to decode{' and process' if extra else ''}, "
+                                   f"{_size(free)} available")
+    if check_data and im.format == "PNG":
+        _check_png_data(path)
+
+
+def _size(n: float) -> str:
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate, or None where that cannot be found out: the least
+    of the system's available memory and free swap, the headroom of each memory-limited cgroup
+    it is in, and the address-space limit (`ulimit -v`) less what it has mapped. Without
+    /proc/meminfo, the free (else the total) physical memory that os.sysconf reports."""
+    figures = []
+    meminfo = _kib_fields("/proc/meminfo")
+    if "MemAvailable" in meminfo:
+        figures.append((meminfo["MemAvailable"] + meminfo.get("SwapFree", 0)) * 1024)
+    else:
+        for pages in ("SC_AVPHYS_PAGES", "SC_PHYS_PAGES"):
+            try:
+                figures.append(os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE"))
+                break
+            except (AttributeError, ValueError, OSError):
+                continue
+    figures += _cgroup_headroom()
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        mapped = _kib_fields("/proc/self/status").get("VmSize")
+        if soft != resource.RLIM_INFINITY and mapped is not None:
+            figures.append(soft - mapped * 1024)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(0, min(figures)) if figures else None
+
+
+def _kib_fields(path: str) -> dict:
+    """`Name: value kB` lines of a /proc file as {name: value}; {} where it cannot be read."""
+    fields = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                value = rest.split()
+                if value and value[0].isdigit():
+                    fields[name] = int(value[0])
+    except OSError:
+        pass
+    return fields
+
+
+def _cgroup_headroom() -> List[int]:
+    """limit - working set (usage less inactive file cache, which the kernel reclaims first) for
+    each cgroup from this process's up to the root that has a memory limit (v2), or for its v1
+    memory cgroup."""
+    out = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":
+            folder, limit, usage, stat, inactive = (Path("/sys/fs/cgroup" + rel), "memory.max",
+                                                    "memory.current", "memory.stat", "inactive_file")
+        elif "memory" in controllers.split(","):
+            folder, limit, usage, stat, inactive = (Path("/sys/fs/cgroup/memory" + rel), "memory.limit_in_bytes",
+                                                    "memory.usage_in_bytes", "memory.stat", "total_inactive_file")
+        else:
+            continue
+        for d in [folder, *folder.parents]:
+            if not str(d).startswith("/sys/fs/cgroup"):
+                break
+            try:
+                top = (d / limit).read_text().strip()
+                used = int((d / usage).read_text())
+            except (OSError, ValueError):
+                continue
+            if not top.isdigit() or int(top) >= 2**60:   # "max", or v1's "no limit"
+                continue
+            cache = 0
+            try:
+                for row in (d / stat).read_text().splitlines():
+                    key, _, value = row.partition(" ")
+                    if key == inactive:
+                        cache = int(value)
+            except (OSError, ValueError):
+                pass
+            out.append(int(top) - (used - cache))
+    return out
 
 
 def _orientation(im: PILImage.Image) -> int:
@@ -236,6 +373,58 @@ def _png16_colour(path: Path) -> bool:
     return depth == 16 and ctype in (2, 4, 6)
 
 
+def _adam7_passes(w: int, h: int):
+    """(x0, y0, dx, dy, pass width, pass height) of each Adam7 pass that has pixels (a pass
+    without any has no scanlines, not even filter bytes)."""
+    for x0, y0, dx, dy in _ADAM7:
+        pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
+        if pw > 0 and ph > 0:
+            yield x0, y0, dx, dy, pw, ph
+
+
+def _check_png_data(path: Path) -> None:
+    """Raise ImageReadError when a PNG's image data ends before its last row. Pillow decodes a
+    zlib stream that ends early as complete, the missing rows black; so the stream is inflated
+    here once, in bounded pieces, and its length compared with what the header declares."""
+    with open(path, "rb") as f:
+        try:
+            w, h, depth, ctype, interlace = _png_header(f.read(33))
+        except ValueError:
+            return   # Pillow took it for a PNG; let its decoder give the reason
+        channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(ctype)
+        if channels is None:
+            return
+        bits = depth * channels
+        passes = list(_adam7_passes(w, h)) if interlace else [(0, 0, 1, 1, w, h)]
+        expected = sum(ph * (-(-pw * bits // 8) + 1) for *_, pw, ph in passes)
+        inflate, got = zlib.decompressobj(), 0
+        f.seek(8)
+        while got < expected and not inflate.eof:
+            head = f.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            if kind == b"IEND":
+                break
+            if kind != b"IDAT":
+                f.seek(length + 4, os.SEEK_CUR)
+                continue
+            left = length
+            while left > 0 and got < expected and not inflate.eof:
+                data = f.read(min(left, _INFLATE_PIECE))
+                if not data:
+                    break
+                left -= len(data)
+                while data and got < expected:
+                    got += len(inflate.decompress(data, _INFLATE_PIECE))
+                    data = inflate.unconsumed_tail
+            f.seek(left + 4, os.SEEK_CUR)
+    if got < expected:
+        where = (f"ends at row {got // (-(-w * bits // 8) + 1)} of {h}" if not interlace
+                 else f"is {expected - got:,} bytes short")
+        raise ImageReadError(path, f"cannot decode: its image data is truncated ({where})")
+
+
 def _read_png16(path: Path):
     samples, key = decode_png(path.read_bytes())
     channels = samples.shape[2]
@@ -284,10 +473,7 @@ def decode_png(data: bytes):
     if interlace:
         planes = np.zeros((h, w, bpp), dtype=np.uint8)
         offset = 0
-        for x0, y0, dx, dy in _ADAM7:
-            pw, ph = -(-(w - x0) // dx), -(-(h - y0) // dy)
-            if pw <= 0 or ph <= 0:
-                continue  # a pass with no pixels has no scanlines, not even filter bytes
+        for x0, y0, dx, dy, pw, ph in _adam7_passes(w, h):
             size = ph * (pw * bpp + 1)
             planes[y0::dy, x0::dx] = _unfilter(raw[offset:offset + size], ph, pw, bpp)
             offset += size
@@ -417,7 +603,7 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     depth = 16 if bit_depth == 16 and fmt == "PNG" else 8
     samples = quantize(planes, depth)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = partial_path(path)
     try:
         if depth == 16:
             tmp.write_bytes(encode_png(samples))
@@ -432,14 +618,23 @@ def write_image(path: PathLike, rgb: np.ndarray, alpha: Optional[np.ndarray] = N
     return path
 
 
+def partial_path(path: PathLike) -> Path:
+    """The hidden file that write_image writes `path` to before renaming it into place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.part")
+
+
 # ----- files ------------------------------------------------------------------------------------
 
-def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path]:
+def find_images(path: PathLike, exclude: Optional[PathLike] = None,
+                skipped: Optional[List[Tuple[Path, str]]] = None) -> List[Path]:
     """A single file as given, or the image files under a folder (recursively, by extension,
     case-insensitive), sorted by relative path; hidden files and folders and anything under
     `exclude` (e.g. an output folder inside the input folder) are skipped. Symbolic links to
     folders are followed (data sets are often linked in, as BasicSR's layouts do), each real
-    folder once, so a link back up the tree cannot loop."""
+    folder once, so a link back up the tree cannot loop. Every other path passed over (other
+    file types, broken or looping links, folders reached twice, folders that cannot be listed)
+    is added to `skipped` as (path, reason), in the order met."""
     path = Path(path)
     if path.is_file():
         return [path]
@@ -448,17 +643,32 @@ def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path
     skip = Path(exclude).resolve() if exclude is not None else None
     if skip is not None and _is_within(path.resolve(), skip):
         skip = None   # an output folder that holds the input (`-o .`) is not inside it
+    note = skipped.append if skipped is not None else (lambda entry: None)
     found, seen = [], set()
-    for folder, dirs, files in os.walk(path, followlinks=True):
+
+    def unlisted(e: OSError) -> None:
+        note((Path(e.filename or path), f"folder cannot be listed ({e.strerror or e})"))
+
+    for folder, dirs, files in os.walk(path, followlinks=True, onerror=unlisted):
         real = os.path.realpath(folder)
-        if real in seen or (skip is not None and _is_within(Path(real), skip)):
+        if skip is not None and _is_within(Path(real), skip):
+            dirs[:] = []
+            continue
+        if real in seen:
+            note((Path(folder), f"a link to {real}, a folder already searched"))
             dirs[:] = []
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         for name in files:
             p = Path(folder, name)
-            if name.startswith(".") or p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            if name.startswith("."):
+                continue
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                note((p, f"not a file type sdflow reads ({p.suffix.lower() or 'no extension'})"))
+                continue
+            if not p.is_file():
+                note((p, "a broken or looping symbolic link" if p.is_symlink() else "not a regular file"))
                 continue
             if skip is not None and _is_within(p.resolve(), skip):
                 continue
@@ -466,17 +676,20 @@ def find_images(path: PathLike, exclude: Optional[PathLike] = None) -> List[Path
     return sorted(found, key=lambda p: p.relative_to(path).as_posix())
 
 
-def read_rgb8(path: PathLike) -> np.ndarray:
+def read_rgb8(path: PathLike, check_data: bool = True) -> np.ndarray:
     """H x W x 3 uint8 with EXIF orientation applied, for the data pipelines (training patches,
     `sdflow degrade`), which work in 8 bits: 16-bit samples are rounded to 8 bits (Pillow's own
     RGB conversion would clip 16-bit grayscale to white, and it truncates 16-bit colour), gray is
-    repeated, alpha dropped."""
+    repeated, alpha dropped. Images too large for the memory available and PNGs with short image
+    data are refused as read_image refuses them; `check_data=False` skips the second check (it
+    inflates the file once more) for a file that has passed it before."""
     from PIL import ImageOps
 
     path = Path(path)
     if not (path.suffix.lower() == ".png" and _png16_colour(path)):
         with PILImage.open(path) as im:
             if im.mode not in _WIDE_MODES:
+                _check_before_decoding(path, im, _READ_RGB8_BYTES, check_data=check_data)
                 return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
     # 16-bit and float samples: read_image's decoding (which refuses float), then rounded.
     return quantize(read_image(path).rgb, 8)

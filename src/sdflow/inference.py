@@ -20,8 +20,9 @@ device, so a file's outputs depend only on (model, image, options, seed, k): not
 files are in the batch or their order. A consequence worth knowing: sample k of seed S equals
 sample 0 of seed S + k. The same seed on another device type (CPU vs CUDA) gives other noise.
 
-A file fails on its own (unreadable, model error, non-finite output, unwritable) and the batch goes
-on; problems with the request as a whole raise InferenceError before anything is written.
+A file fails on its own (unreadable, too large for the memory available, out of memory, model
+error, non-finite output, unwritable) and the batch goes on; problems with the request as a whole
+raise InferenceError before anything is written.
 """
 from __future__ import annotations
 
@@ -34,15 +35,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from sdflow.imageio import (ImageReadError, downscale_alpha, find_images, from_tensor, read_image,
-                            to_tensor, upscale_alpha, write_image)
+from sdflow.imageio import (ImageReadError, downscale_alpha, find_images, from_tensor, partial_path,
+                            read_image, to_tensor, upscale_alpha, write_image)
 from sdflow.resize import resize
 
-__all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_extension",
+__all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_extension", "processing_memory",
            "output_names", "plan", "sample", "process_file", "run", "run_batch"]
 
 MODES = ("sr", "ds")
@@ -159,6 +160,7 @@ class Summary:
     done: List[FileResult] = field(default_factory=list)
     failed: List[FileResult] = field(default_factory=list)
     skipped: List[Path] = field(default_factory=list)   # inputs whose outputs were all there already
+    ignored: List[Tuple[Path, str]] = field(default_factory=list)   # paths of the folder not read, why
 
     @property
     def ok(self) -> bool:
@@ -175,6 +177,9 @@ class Summary:
         if self.failed:
             lines.append(f"{len(self.failed)} failed:")
             lines += [f"  {r.source}: {r.error}" for r in self.failed]
+        if self.ignored:
+            lines.append(f"{len(self.ignored)} other path(s) in the input folder not read:")
+            lines += [f"  {p}: {why}" for p, why in self.ignored]
         return "\n".join(lines)
 
 
@@ -214,11 +219,13 @@ def _earlier_outputs(sources: List[Path], rels: List[Path], output_dir: Path, op
 
 
 def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
-         log: Optional[Callable[[str], None]] = None) -> List[Job]:
+         log: Optional[Callable[[str], None]] = None,
+         ignored: Optional[List[Tuple[Path, str]]] = None) -> List[Job]:
     """The jobs for a file or a folder (searched recursively). Raises InferenceError when the input
     is missing or holds no images, or when an output would replace an input file. In a folder,
     files named as this command's outputs of other inputs in the folder they would be written to
-    (an earlier run into the input folder) are not inputs; `log` is told how many were set aside."""
+    (an earlier run into the input folder) are not inputs; `log` is told how many were set aside.
+    The folder's other paths that are not read (`find_images`' skipped) are added to `ignored`."""
     input_path, output_dir = Path(input_path), Path(output_dir)
     if not input_path.exists():
         raise InferenceError(f"input not found: {input_path}")
@@ -227,7 +234,7 @@ def plan(input_path: Union[str, Path], output_dir: Union[str, Path], options: Op
     if input_path.is_dir():
         # Outputs written inside the input folder must not be picked up as inputs on a re-run.
         inside = output_dir.resolve() != input_path.resolve()
-        sources = find_images(input_path, exclude=output_dir if inside else None)
+        sources = find_images(input_path, exclude=output_dir if inside else None, skipped=ignored)
         rels = [s.relative_to(input_path) for s in sources]
         earlier = _earlier_outputs(sources, rels, output_dir, options)
         if earlier:
@@ -377,14 +384,58 @@ def _tiled(model, x, options: Options, tile: int, generator, conditions: Optiona
                                       generator, conditions=conditions, on_tile=on_tile)
 
 
-def read_job(job: Job):
-    """The job's decoded image, or the reason there is none (a string)."""
+def processing_memory(model, options: Options) -> Callable[[int, int, int], int]:
+    """(width, height, bit depth) -> bytes that running `model` on an image of that size takes
+    beyond decoding it, for read_image to weigh against the memory available before it decodes:
+    the input tensor and the temporaries of its scaling to [-1, 1]; per output pixel, the output
+    tensor and its copy for writing, then the quantized samples and Pillow's copy of them (the
+    writer's other planes take the tensor's place once it is freed; the 16-bit PNG encoder needs
+    many more); the activations of one model call (one tile's under tiling,
+    `sdflow.tiling.estimate_memory`); the conditions several samples share. An estimate, meant
+    to err high: 1.6x (sr) and 1.9x (ds) the measured peak for a 1000 x 1000 photo, bundled model."""
+    from sdflow.fast import FastSDFlow
+    from sdflow.tiling import (DEFAULT_CONDITIONS_BUDGET, DEFAULT_DS_TILE_PAD, DEFAULT_MEMORY_BUDGET,
+                               DEFAULT_SR_TILE_PAD, estimate_memory)
+
+    fast = isinstance(model, FastSDFlow)
+    per_pixel = estimate_memory(model.config, options.mode, model.precision if fast else "fp32", fast)
+    value = torch.finfo(model.dtype).bits // 8
+    pad = options.tile_pad if options.tile_pad is not None else (
+        DEFAULT_SR_TILE_PAD if options.mode == "sr" else DEFAULT_DS_TILE_PAD)
+
+    def need(width: int, height: int, bit_depth: int) -> int:
+        pixels = width * height
+        if options.mode == "ds":
+            out = -(-width // SCALE) * -(-height // SCALE)
+        elif options.outscale is not None:
+            # Both the x4 result and its resized copy are alive while it is resized.
+            out = pixels * (SCALE ** 2 + options.outscale ** 2)
+        else:
+            out = pixels * SCALE ** 2
+        if options.tile == "auto":
+            calls = min(pixels * per_pixel, DEFAULT_MEMORY_BUDGET)
+        elif options.tile:
+            calls = min(pixels, (options.tile + 2 * pad) ** 2) * per_pixel
+        else:
+            calls = pixels * per_pixel
+        shared = DEFAULT_CONDITIONS_BUDGET if options.samples > 1 else 0
+        writer = 8 + (96 if bit_depth == 16 else 0)
+        return int(3 * 3 * value * pixels + out * (2 * 3 * value + writer) + calls + shared)
+
+    return need
+
+
+def read_job(job: Job, need: Optional[Callable[[int, int, int], int]] = None):
+    """The job's decoded image, or the reason there is none (a string). `need`: see read_image."""
     if job.error is not None:
         return job.error
     try:
-        return read_image(job.source)
+        return read_image(job.source, need)
     except ImageReadError as e:
         return f"cannot read: {e.reason}"
+    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise many types on hostile files,
+        # and in a reading thread an escaped one would end the whole batch
+        return f"cannot read: {type(e).__name__}: {e}"
 
 
 def process_file(model, job: Job, options: Options, image=None, x: Optional[torch.Tensor] = None,
@@ -399,6 +450,17 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
     if isinstance(image, str):
         result.error = image
         return result
+    try:
+        return _process(model, job, options, image, x, samples, progress, result)
+    except MemoryError:
+        # numpy's and Pillow's allocations raise it; the arrays go with the frames, so the next
+        # file starts with the memory back.
+        result.error = "out of memory while processing it"
+        return result
+
+
+def _process(model, job: Job, options: Options, image, x, samples, progress: bool,
+             result: FileResult) -> FileResult:
     if samples is None and x is None:
         x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
     problems = []
@@ -456,19 +518,19 @@ def _check_components(model, options: Options) -> None:
 
 
 @contextlib.contextmanager
-def _prefetch(jobs: Sequence[Job], workers: int):
+def _prefetch(jobs: Sequence[Job], workers: int, need=None):
     """read_job's answers in job order. With workers > 0, decoding runs in threads (Pillow and
     numpy release the GIL) at most 2 x workers images ahead, so memory stays bounded."""
     if workers <= 0:
-        yield (read_job(j) for j in jobs)
+        yield (read_job(j, need) for j in jobs)
         return
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sdflow-read") as pool:
         def ordered():
             it = iter(jobs)
-            pending = collections.deque(pool.submit(read_job, j) for j in itertools.islice(it, 2 * workers))
+            pending = collections.deque(pool.submit(read_job, j, need) for j in itertools.islice(it, 2 * workers))
             while pending:
                 image = pending.popleft().result()
-                pending.extend(pool.submit(read_job, j) for j in itertools.islice(it, 1))
+                pending.extend(pool.submit(read_job, j, need) for j in itertools.islice(it, 1))
                 yield image
         gen = ordered()
         try:
@@ -502,7 +564,10 @@ def _groups(model, jobs: Sequence[Job], images, options: Options):
     for job, image in zip(jobs, images):
         x = None
         if options.batch_size > 1 and not isinstance(image, str):
-            x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+            try:
+                x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+            except MemoryError:
+                pass   # alone, where process_file reports it
         batchable = x is not None and _tile_size(model, x, options) is None
         if group and (not batchable or x.shape != group[0][2].shape or len(group) == options.batch_size):
             yield group
@@ -516,28 +581,36 @@ def _groups(model, jobs: Sequence[Job], images, options: Options):
 
 
 def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
-        log: Optional[Callable[[str], None]] = None) -> Summary:
+        log: Optional[Callable[[str], None]] = None,
+        ignored: Sequence[Tuple[Path, str]] = ()) -> Summary:
     """Process `jobs` with a progress bar; failures are logged as they happen (to stderr unless
-    `log` is given) and collected in the summary."""
+    `log` is given) and collected in the summary, with the `ignored` paths (plan's)."""
     from tqdm import tqdm
 
     _check_components(model, options)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    summary = Summary()
+    summary = Summary(ignored=list(ignored))
+    # A run killed while writing leaves its hidden partial files; they are this run's to replace.
+    stale = [p for j in jobs for p in map(partial_path, j.outputs) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log(f"note: removed {len(stale)} unfinished output file(s) of an interrupted run (e.g. {stale[0]})")
     if options.skip_existing:
         # A resumed run: images with every output on disk are not even read.
         summary.skipped = [j.source for j in jobs if j.error is None and all(p.is_file() for p in j.outputs)]
         done = set(summary.skipped)
         jobs = [j for j in jobs if j.source not in done]
+    need = processing_memory(model, options)
     with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
-              file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers) as images:
+              file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers, need) as images:
         for group in _groups(model, jobs, images, options):
             samples = [None] * len(group)
             if len(group) > 1:
                 try:
                     samples = _batched_samples(model, [x for _, _, x in group], options,
                                                len(group[0][0].outputs))
-                except (RuntimeError, ValueError) as e:
+                except (RuntimeError, ValueError, MemoryError) as e:
                     # One at a time instead: each image then succeeds or fails on its own.
                     log(f"batch of {len(group)} failed ({type(e).__name__}: {e}); "
                         f"running its images one by one")
@@ -558,4 +631,6 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
 def run_batch(model, input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
               progress: bool = True, log: Optional[Callable[[str], None]] = None) -> Summary:
     """plan + run: every image of a file or folder into `output_dir`."""
-    return run(model, plan(input_path, output_dir, options), options, progress=progress, log=log)
+    ignored: List[Tuple[Path, str]] = []
+    jobs = plan(input_path, output_dir, options, ignored=ignored)
+    return run(model, jobs, options, progress=progress, log=log, ignored=ignored)

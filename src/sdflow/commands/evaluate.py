@@ -69,6 +69,10 @@ def run(args) -> int:
     for flag, folder in (("--hr", args.hr), ("--lr", args.lr)):
         if not folder.is_dir():
             return _usage_error(f"{flag}: no such folder: {folder}")
+    if args.hr.resolve() == args.lr.resolve():
+        # Every image would be paired with itself, and no pair is HR and LR x4 apart.
+        return _usage_error(f"--hr and --lr are the same folder ({args.hr}); give the HR images and "
+                            f"their LR versions in two folders")
     if args.lpips_weights is not None and not args.lpips_weights.is_file():
         return _usage_error(f"--lpips-weights: no such file: {args.lpips_weights}")
     try:

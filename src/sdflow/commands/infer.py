@@ -224,7 +224,9 @@ def run(args) -> int:
                           tile_pad=args.tile_pad, workers=args.workers, batch_size=args.batch_size,
                           skip_existing=args.skip_existing, outscale=getattr(args, "outscale", None))
         # Inputs first: a typo in -i should not cost a model load.
-        jobs = plan(args.input, args.output, options, log=lambda msg: print(f"note: {msg}", file=sys.stderr))
+        ignored = []
+        jobs = plan(args.input, args.output, options, log=lambda msg: print(f"note: {msg}", file=sys.stderr),
+                    ignored=ignored)
     except InferenceError as e:
         return _usage_error(str(e))
 
@@ -255,7 +257,7 @@ def run(args) -> int:
             print(f"note: {note}", file=sys.stderr)
 
     try:
-        summary = run_jobs(model, jobs, options, progress=not args.quiet)
+        summary = run_jobs(model, jobs, options, progress=not args.quiet, ignored=ignored)
     except InferenceError as e:
         return _usage_error(str(e))
     print(f"sdflow {args.mode}: {summary.report()}")
