@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                      # tiny and paper on CPU, and CUDA if present
     python benchmarks/bench_train.py --configs tiny --devices cpu --steps 20
+    python benchmarks/bench_train.py --configs default --precisions fp32 bf16   # train.amp side by side
 
 Each (config, device) runs in its own process so that peak memory is that run's alone:
 peak resident set size (getrusage) on CPU, torch.cuda.max_memory_allocated on CUDA.
@@ -90,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=6, help="steps per stage, the first one untimed (default 6)")
     ap.add_argument("--paper-cpu-steps", type=int, default=3, help="steps per stage for paper on CPU (default 3)")
     ap.add_argument("--paper-cpu-batch", type=int, default=2, help="batch for paper on CPU (default 2)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16", "fp16"],
+                    help="train.amp of each run: fp32 (none), bf16, fp16 (default: fp32)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override, repeatable")
     ap.add_argument("--one", nargs=4, metavar=("CONFIG", "DEVICE", "STEPS", "BATCH"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -103,24 +106,26 @@ def main(argv=None) -> int:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores"
           + (f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""))
-    print(f"{'config':8} {'device':6} {'batch':>5} {'patch':>5} {'stage 1 s/step':>15} {'stage 2 s/step':>15} "
-          f"{'peak MiB':>9}")
+    print(f"{'config':8} {'device':6} {'prec':5} {'batch':>5} {'patch':>5} {'stage 1 s/step':>15} "
+          f"{'stage 2 s/step':>15} {'peak MiB':>9}")
     for device in devices:
         for config in args.configs:
-            cpu_paper = config == "paper" and device == "cpu"
-            steps = args.paper_cpu_steps if cpu_paper else args.steps
-            batch = args.paper_cpu_batch if cpu_paper else 0
-            cmd = [sys.executable, __file__, "--one", config, device, str(steps), str(batch)]
-            for o in args.overrides:
-                cmd += ["--set", o]
-            p = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
-            if p.returncode or not line:
-                print(f"{config:8} {device:6} failed:\n{p.stderr[-2000:]}")
-                continue
-            r = json.loads(line[-1][7:])
-            print(f"{r['config']:8} {r['device']:6} {r['batch']:5d} {r['hr_patch']:5d} "
-                  f"{r['stage1_s_per_step']:15.3f} {r['stage2_s_per_step']:15.3f} {r['peak_mb']:9.0f}", flush=True)
+            for prec in args.precisions:
+                cpu_paper = config == "paper" and device == "cpu"
+                steps = args.paper_cpu_steps if cpu_paper else args.steps
+                batch = args.paper_cpu_batch if cpu_paper else 0
+                cmd = [sys.executable, __file__, "--one", config, device, str(steps), str(batch)]
+                for o in args.overrides + [f"train.amp={'none' if prec == 'fp32' else prec}"]:
+                    cmd += ["--set", o]
+                p = subprocess.run(cmd, capture_output=True, text=True)
+                line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+                if p.returncode or not line:
+                    print(f"{config:8} {device:6} {prec:5} failed:\n{p.stderr[-2000:]}")
+                    continue
+                r = json.loads(line[-1][7:])
+                print(f"{r['config']:8} {r['device']:6} {prec:5} {r['batch']:5d} {r['hr_patch']:5d} "
+                      f"{r['stage1_s_per_step']:15.3f} {r['stage2_s_per_step']:15.3f} {r['peak_mb']:9.0f}",
+                      flush=True)
     return 0
 
 

@@ -63,7 +63,7 @@ def test_bad_inputs():
 
 # ------------------------------------------------------------------------- determinism
 
-@pytest.mark.parametrize("preset", ["mild", "realistic", "severe"])
+@pytest.mark.parametrize("preset", ["mild", "realistic", "severe", "camera"])
 def test_same_seed_same_result_different_seed_different(photo, preset):
     a = D.degrade(photo, preset, np.random.default_rng(7))
     b = D.degrade(photo, preset, np.random.default_rng(7))
@@ -124,6 +124,46 @@ def test_blur_stage_softens(photo):
     sharp = M.laplacian_variance(D.degrade(photo, "bicubic", 0))
     soft = np.mean([M.laplacian_variance(D.degrade(photo, blur_only, s)) for s in range(3)])
     assert soft < 0.7 * sharp
+
+
+# ----------------------------------------------------------------------------- camera
+
+def test_bayer_mask_samples_one_colour_per_pixel_rggb():
+    m = D.bayer_mask(4, 6)
+    assert np.array_equal(m.sum(axis=2), np.ones((4, 6)))
+    assert m[0, 0, 0] == m[0, 1, 1] == m[1, 0, 1] == m[1, 1, 2] == 1
+    assert m[..., 1].mean() == 0.5 and m[..., 0].mean() == m[..., 2].mean() == 0.25
+
+
+def test_demosaic_restores_flat_colours_and_keeps_the_recorded_samples():
+    mask = D.bayer_mask(10, 12)
+    flat = np.ones((10, 12, 3)) * np.array([0.2, 0.5, 0.9])
+    raw = (flat * mask).sum(axis=2, keepdims=True) * np.ones(3)
+    assert np.allclose(D.demosaic_bilinear(raw, mask), flat)
+    rng = np.random.default_rng(0)
+    img = rng.random((10, 12, 3))
+    raw = (img * mask).sum(axis=2, keepdims=True) * np.ones(3)
+    out = D.demosaic_bilinear(raw, mask)
+    assert np.array_equal(out[mask > 0], img[mask > 0])
+    assert not np.allclose(out, img)  # the missing two thirds are interpolated, not known
+
+
+def test_camera_preset_is_its_own_family(photo):
+    lr, p = D.degrade(photo, "camera", 4, return_params=True)
+    assert lr.shape == (50, 64, 3) and set(p) == {"preset", "hr_size", "camera"}
+    cam = p["camera"]
+    assert 50 <= cam["jpeg"] <= 90 and 0.3 <= cam["sharpen"]["amount"] <= 1.2
+    json.dumps(p)
+    # Sharpening: against the same chain without it, the LR is measurably crisper.
+    soft = D.CameraPreset("soft", "", sharpen_amount=(0.0, 0.0))
+    crisp = np.mean([M.laplacian_variance(D.degrade(photo, "camera", s)) for s in range(3)])
+    blunt = np.mean([M.laplacian_variance(D.degrade(photo, soft, s)) for s in range(3)])
+    assert crisp > 1.3 * blunt
+    # The tone curve and white balance move the colours, unlike the blur / noise chains.
+    clean = D.degrade(photo, "bicubic", 0).astype(float)
+    shifts = [np.abs(D.degrade(photo, "camera", s).astype(float).mean((0, 1)) - clean.mean((0, 1))).max()
+              for s in range(4)]
+    assert max(shifts) > 2
 
 
 # ---------------------------------------------------------------------------- kernels

@@ -454,3 +454,15 @@ def test_every_tau_and_sample_of_an_image_shares_its_condition(tmp_path, tiny_mo
     separate = evaluate.run_evaluation(pairs, model, **kw)
     assert len(made) == 16
     assert scores(shared) == scores(separate)
+
+
+def test_colour_shift_is_the_largest_channel_mean_difference_in_levels():
+    a = smooth(24, 32, 0)
+    assert evaluate.colour_shift(a, a) == 0
+    tinted = a.astype(np.int16)
+    tinted[..., 2] += 3  # +3 levels of blue: invisible in PSNR-Y on texture, 3 here
+    tinted[..., 0] -= 1
+    assert evaluate.colour_shift(np.clip(tinted, 0, 255).astype(np.uint8), a) == pytest.approx(3, abs=0.05)
+    gray = a[..., 0]
+    assert evaluate.colour_shift(np.clip(gray.astype(int) + 2, 0, 255).astype(np.uint8), gray) == \
+        pytest.approx(2, abs=0.05)

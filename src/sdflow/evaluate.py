@@ -88,6 +88,7 @@ SR_COLUMNS = (
     Column("psnr_rgb", "PSNR-RGB", 2, "+"),
     Column("ssim_rgb", "SSIM-RGB", 4, "+"),
     Column("lr_psnr", "LR-PSNR", 2, "+"),
+    Column("colour_shift", "colour shift", 2, "-"),
     Column("lpips", "LPIPS", 4, "-"),
     Column("diversity", "diversity", 3),
     Column("seconds", "s/sample", 3, "-"),
@@ -565,6 +566,7 @@ class _Run:
             "psnr_rgb": [_psnr(o, hr, b) for o in outs],
             "ssim_rgb": [_ssim(o, hr, b) for o in outs],
             "lr_psnr": [self._lr_consistency(o, lr) for o in outs],
+            "colour_shift": [colour_shift(o, hr) for o in outs],
         }
         row = {"image": name, "method": method, "tau": tau, "samples": len(outs)}
         row.update({k: _nanmean(v) for k, v in per.items()})
@@ -659,6 +661,15 @@ def _finish(y: torch.Tensor, kind: Tuple[int, bool], size: Tuple[int, int], what
 def _cutter(box):
     top, left, side = box
     return lambda a: a[top:top + side, left:left + side]
+
+
+def colour_shift(out: np.ndarray, ref: np.ndarray) -> float:
+    """The largest per-channel difference of mean colour, in 8-bit levels: a global tint or
+    brightness change that PSNR barely shows on a textured image. Gray images have one
+    channel."""
+    a, b = _as_float(out), _as_float(ref)
+    axes = tuple(range(a.ndim - 1)) if a.ndim == 3 else None
+    return float(LEVELS * np.max(np.abs(np.mean(a, axis=axes) - np.mean(b, axis=axes))))
 
 
 def _lr_stats(a: np.ndarray) -> dict:

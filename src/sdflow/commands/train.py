@@ -10,13 +10,14 @@ EXIT_DIVERGED = 3
 
 def register(sub) -> None:
     p = sub.add_parser(
-        "train", help="train SDFlow on unpaired HR and LR folders",
+        "train", help="train SDFlow on unpaired (or, with --paired, paired) HR and LR folders",
         description="Train SDFlow from two unpaired folders of photos (searched recursively). "
                     "Runs alone or under `torchrun --nproc_per_node N` (DDP). Ctrl-C finishes the "
                     "current step, saves a checkpoint and exits; --resume continues exactly.",
         epilog="examples:\n"
                "  sdflow train --config configs/tiny.yaml --hr data/train_HR --lr data/train_LR --out runs/tiny\n"
                "  sdflow train --out runs/tiny --resume\n"
+               "  sdflow train --config configs/tiny.yaml --paired --hr data/HR --lr data/LR --out runs/paired\n"
                "  torchrun --nproc_per_node 4 -m sdflow train --config configs/paper.yaml "
                "--hr HR --lr LR --out runs/paper --set train.amp=bf16",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
@@ -25,6 +26,9 @@ def register(sub) -> None:
                         "run's own config.yaml is used when omitted")
     p.add_argument("--hr", type=Path, help="folder of HR (clean) training images")
     p.add_argument("--lr", type=Path, help="folder of LR (real-world) training images")
+    p.add_argument("--paired", action="store_true",
+                   help="the HR and LR folders correspond file by file (same relative names, LR = "
+                        "HR/4): train from aligned pairs (data.paired; docs/training.md)")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, model.safetensors")
     p.add_argument("--steps", type=int, help="total optimiser steps (overrides train.steps; the "
                                              "learning-rate milestones scale with it)")
@@ -55,6 +59,8 @@ def build_config(args):
         overrides.append(f"loss.vgg_weights={_yaml_str(args.vgg_weights)}")
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
+    if args.paired:
+        overrides.append("data.paired=true")
 
     if args.config is not None:
         return TrainConfig.load(args.config, overrides)

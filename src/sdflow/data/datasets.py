@@ -1,4 +1,5 @@
-"""Unpaired training data: random HR and LR patches from two folders of photos.
+"""Training data: random HR and LR patches from two folders of photos, unpaired (the two
+folders show different scenes) or paired (aligned crops of corresponding files).
 
 Repeatability is designed in rather than hoped for. Every sample is addressed by its
 position `g` in one global stream (shared by all ranks: rank r takes g = k * world + r).
@@ -20,22 +21,36 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from sdflow.imageio import IMAGE_EXTENSIONS, find_images, read_rgb8 as read_rgb
+from sdflow.imageio import IMAGE_EXTENSIONS, ImageReadError, find_images, read_rgb8 as read_rgb
 
 log = logging.getLogger("sdflow.train")
 
 
-def list_images(root) -> List[Path]:
+class DataError(ValueError):
+    """Training data that cannot be used (no readable image on one side); the message names
+    each file and why it was left out."""
+
+
+def worker_message(e: DataError) -> str:
+    """The message a DataLoader worker raised `e` with: torch re-raises it in the training
+    process as the same type around the worker's whole traceback text."""
+    return str(e).rpartition(f"{DataError.__module__}.{DataError.__qualname__}: ")[2].strip()
+
+
+def list_images(root, skipped: Optional[list] = None) -> List[Path]:
     """Image files under the folder `root` (`sdflow.imageio.find_images`: recursive, symbolic
-    links followed, hidden entries skipped), sorted by relative path."""
+    links followed, hidden entries skipped), sorted by relative path; the other paths passed
+    over go to `skipped` as (path, reason)."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"{root}: no such folder")
-    return find_images(root)
+    return find_images(root, skipped=skipped)
 
 
-def usable_images(paths: Sequence[Path], min_side: int, what: str) -> List[Path]:
+def usable_images(paths: Sequence[Path], min_side: int, what: str,
+                  rejected: Optional[list] = None) -> List[Path]:
     """The paths that can be opened and have both sides >= min_side; the others are named
-    in one warning each. Only headers are read, so this is quick even for large folders."""
+    in one warning each (and added to `rejected` as (path, reason)). Only headers are read, so
+    this is quick even for large folders."""
     from PIL import Image
 
     keep = []
@@ -44,12 +59,15 @@ def usable_images(paths: Sequence[Path], min_side: int, what: str) -> List[Path]
             with Image.open(p) as im:
                 w, h = im.size
         except Exception as e:  # PIL raises many types for broken files
-            _warn(f"{what}: skipping unreadable image {p} ({type(e).__name__}: {e})")
-            continue
-        if min(w, h) < min_side:
-            _warn(f"{what}: skipping {p}: {w}x{h} is smaller than the {min_side}px patch")
-            continue
-        keep.append(p)
+            reason = f"unreadable ({type(e).__name__}: {e})"
+        else:
+            if min(w, h) >= min_side:
+                keep.append(p)
+                continue
+            reason = f"{w}x{h} is smaller than the {min_side}px patch"
+        _warn(f"{what}: skipping {p}: {reason}")
+        if rejected is not None:
+            rejected.append((p, reason))
     return keep
 
 
@@ -59,20 +77,39 @@ def _warn(msg: str) -> None:
         warnings.warn(msg, stacklevel=3)
 
 
-def augment(img: np.ndarray, patch: int, rng: np.random.Generator, hflip: bool, rot90: bool) -> np.ndarray:
-    """A random `patch` x `patch` crop, then a random member of the flip / rotation group."""
-    h, w = img.shape[:2]
+def _draw_augmentation(h: int, w: int, patch: int, rng: np.random.Generator):
+    """(top, left, flip, turns) of a random `patch` crop of an h x w image. Every number is
+    drawn whether or not it is used, so that switching an augmentation off leaves the crops of
+    a seed unchanged."""
     top = int(rng.integers(0, h - patch + 1))
     left = int(rng.integers(0, w - patch + 1))
-    out = img[top:top + patch, left:left + patch]
-    # Draw every number whether or not it is used, so that switching an augmentation off
-    # leaves the crops of a seed unchanged.
-    flip, turns = bool(rng.integers(0, 2)), int(rng.integers(0, 4))
+    return top, left, bool(rng.integers(0, 2)), int(rng.integers(0, 4))
+
+
+def _flip_rotate(img: np.ndarray, flip: bool, turns: int, hflip: bool, rot90: bool) -> np.ndarray:
     if hflip and flip:
-        out = out[:, ::-1]
+        img = img[:, ::-1]
     if rot90 and turns:
-        out = np.rot90(out, turns)
-    return out
+        img = np.rot90(img, turns)
+    return img
+
+
+def augment(img: np.ndarray, patch: int, rng: np.random.Generator, hflip: bool, rot90: bool) -> np.ndarray:
+    """A random `patch` x `patch` crop, then a random member of the flip / rotation group."""
+    top, left, flip, turns = _draw_augmentation(*img.shape[:2], patch, rng)
+    return _flip_rotate(img[top:top + patch, left:left + patch], flip, turns, hflip, rot90)
+
+
+def augment_pair(hr: np.ndarray, lr: np.ndarray, lr_patch: int, rng: np.random.Generator, hflip: bool,
+                 rot90: bool, scale: int = 4) -> Tuple[np.ndarray, np.ndarray]:
+    """Aligned random crops of a pair (the HR one `scale` times the LR one, on the x`scale`
+    grid), with the same flip / rotation applied to both."""
+    h, w = min(lr.shape[0], hr.shape[0] // scale), min(lr.shape[1], hr.shape[1] // scale)
+    top, left, flip, turns = _draw_augmentation(h, w, lr_patch, rng)
+    lr = lr[top:top + lr_patch, left:left + lr_patch]
+    s, p = scale, scale * lr_patch
+    hr = hr[s * top:s * top + p, s * left:s * left + p]
+    return _flip_rotate(hr, flip, turns, hflip, rot90), _flip_rotate(lr, flip, turns, hflip, rot90)
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
@@ -95,18 +132,32 @@ class UnpairedPatches(Dataset):
                  rot90: bool = True):
         self.hr_patch, self.lr_patch = hr_patch, lr_patch
         self.hflip, self.rot90 = hflip, rot90
-        found = {"HR": list_images(hr_dir), "LR": list_images(lr_dir)}
-        self.hr_paths = usable_images(found["HR"], hr_patch, "HR")
-        self.lr_paths = usable_images(found["LR"], lr_patch, "LR")
+        self.folders = {"HR": hr_dir, "LR": lr_dir}
+        found, skipped = {}, []
+        for what, folder in self.folders.items():
+            found[what] = list_images(folder, skipped)
+        for p, reason in skipped:
+            _warn(f"not reading {p}: {reason}")
+        self.found = {what: len(paths) for what, paths in found.items()}
+        # Why each left-out file is out, by side: the header check's, then decoding's (a worker's
+        # own copy of the dataset adds those), for the message when a side has nothing left.
+        self._left_out = {"HR": [], "LR": []}
+        self.hr_paths = usable_images(found["HR"], hr_patch, "HR", self._left_out["HR"])
+        self.lr_paths = usable_images(found["LR"], lr_patch, "LR", self._left_out["LR"])
         for what, paths, folder in (("HR", self.hr_paths, hr_dir), ("LR", self.lr_paths, lr_dir)):
             if not found[what]:
-                raise ValueError(f"{folder}: no {what} image files ({', '.join(IMAGE_EXTENSIONS)}) in it "
-                                 f"or its sub-folders")
+                raise DataError(f"{folder}: no {what} image files ({', '.join(IMAGE_EXTENSIONS)}) in it "
+                                f"or its sub-folders")
             if not paths:
-                raise ValueError(f"{folder}: none of its {len(found[what])} {what} image file(s) is usable "
-                                 f"(readable, both sides >= {hr_patch if what == 'HR' else lr_patch} px; "
-                                 f"the warnings above name each)")
+                raise self._unusable(what)
         self._broken = set()
+        self._complete = set()
+
+    def _unusable(self, what: str) -> DataError:
+        patch = self.hr_patch if what == "HR" else self.lr_patch
+        named = "".join(f"\n  {p}: {reason}" for p, reason in self._left_out[what])
+        return DataError(f"{self.folders[what]}: none of its {self.found[what]} {what} image file(s) can be "
+                         f"used (readable, both sides >= {patch} px):{named}")
 
     def __len__(self) -> int:
         return max(len(self.hr_paths), len(self.lr_paths))
@@ -119,17 +170,20 @@ class UnpairedPatches(Dataset):
             if p in self._broken:
                 continue
             try:
-                img = read_rgb(p)
+                # A file's data is checked for completeness once: the check costs another inflate.
+                img = read_rgb(p, check_data=p not in self._complete)
+                self._complete.add(p)
             except Exception as e:
-                self._broken.add(p)
-                _warn(f"{what}: skipping unreadable image {p} ({type(e).__name__}: {e})")
-                continue
-            if min(img.shape[:2]) < patch:  # EXIF rotation cannot shrink a side, but be safe
-                self._broken.add(p)
-                _warn(f"{what}: skipping {p}: smaller than the {patch}px patch")
-                continue
-            return augment(img, patch, rng, self.hflip, self.rot90)
-        raise RuntimeError(f"{what}: none of the {len(paths)} images could be read")
+                reason = str(e.reason) if isinstance(e, ImageReadError) else f"{type(e).__name__}: {e}"
+                reason = f"unreadable ({reason})"
+            else:
+                if min(img.shape[:2]) >= patch:
+                    return augment(img, patch, rng, self.hflip, self.rot90)
+                reason = f"smaller than the {patch}px patch"   # EXIF rotation cannot shrink a side
+            self._broken.add(p)
+            self._left_out[what].append((p, reason))
+            _warn(f"{what}: skipping {p}: {reason}")
+        raise self._unusable(what)
 
     def __getitem__(self, key: Tuple[int, int, int]) -> dict:
         hr_index, lr_index, seed = key
@@ -137,6 +191,90 @@ class UnpairedPatches(Dataset):
         hr = self._load(self.hr_paths, hr_index, self.hr_patch, rng, "HR")
         lr = self._load(self.lr_paths, lr_index, self.lr_patch, rng, "LR")
         return {"hr": to_tensor(hr), "lr": to_tensor(lr)}
+
+
+def match_pairs(hr_dir, lr_dir) -> Tuple[List[Tuple[Path, Path]], List[Path], List[Path]]:
+    """(pairs, HR files without an LR partner, LR files without an HR partner): partners share
+    their path relative to the folder, extension ignored (`a/b.png` and `a/b.jpg`)."""
+    hr_root, lr_root = Path(hr_dir), Path(lr_dir)
+
+    def key(p, root):
+        return p.relative_to(root).with_suffix("").as_posix()
+
+    lr_by_key = {key(p, lr_root): p for p in list_images(lr_root)}
+    pairs, hr_only = [], []
+    for p in list_images(hr_root):
+        partner = lr_by_key.pop(key(p, hr_root), None)
+        if partner is None:
+            hr_only.append(p)
+        else:
+            pairs.append((p, partner))
+    return pairs, hr_only, sorted(lr_by_key.values())
+
+
+def _header_size(path: Path) -> Tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+class PairedPatches(Dataset):
+    """Aligned HR / LR patches of corresponding files (`data.paired`). Keys are those of
+    `UnpairedStream` over one list (the pair index is the HR index; the LR index is unused),
+    so the data stay a pure function of the stream position, as for unpaired data."""
+
+    def __init__(self, hr_dir, lr_dir, hr_patch: int, lr_patch: int, hflip: bool = True,
+                 rot90: bool = True, scale: int = 4):
+        self.hr_patch, self.lr_patch, self.scale = hr_patch, lr_patch, scale
+        self.hflip, self.rot90 = hflip, rot90
+        pairs, hr_only, lr_only = match_pairs(hr_dir, lr_dir)
+        for p in hr_only:
+            _warn(f"paired: skipping {p}: no LR file of the same name in {lr_dir}")
+        for p in lr_only:
+            _warn(f"paired: skipping {p}: no HR file of the same name in {hr_dir}")
+        self.pairs = []
+        for hp, lp in pairs:
+            try:
+                (hw, hh), (lw, lh) = _header_size(hp), _header_size(lp)
+            except Exception as e:  # PIL raises many types for broken files
+                _warn(f"paired: skipping {hp} / {lp}: unreadable ({type(e).__name__}: {e})")
+                continue
+            # LR = floor or ceil of HR / scale, as BasicSR's and sdflow degrade's pairs are.
+            if not all(h // scale <= l <= -(-h // scale) for h, l in ((hw, lw), (hh, lh))):
+                _warn(f"paired: skipping {hp} / {lp}: sizes {hw}x{hh} and {lw}x{lh} are not x{scale} partners")
+                continue
+            if min(hw, hh) // scale < lr_patch:
+                _warn(f"paired: skipping {hp}: {hw}x{hh} is smaller than the {hr_patch}px patch")
+                continue
+            self.pairs.append((hp, lp))
+        if not self.pairs:
+            raise ValueError(f"{hr_dir} / {lr_dir}: no usable pair (same relative name, LR = HR/{scale}, "
+                             f"HR sides >= {hr_patch} px; the warnings above name each file); "
+                             f"for unpaired folders leave out --paired")
+        # The loader's stream takes the two lists' lengths.
+        self.hr_paths = self.lr_paths = [hp for hp, _ in self.pairs]
+        self._broken = set()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: Tuple[int, int, int]) -> dict:
+        index, _, seed = key
+        rng = np.random.default_rng(seed)
+        for k in range(len(self.pairs)):
+            hp, lp = self.pairs[(index + k) % len(self.pairs)]
+            if hp in self._broken:
+                continue
+            try:
+                hr, lr = read_rgb(hp), read_rgb(lp)
+            except Exception as e:
+                self._broken.add(hp)
+                _warn(f"paired: skipping unreadable pair {hp} / {lp} ({type(e).__name__}: {e})")
+                continue
+            hr, lr = augment_pair(hr, lr, self.lr_patch, rng, self.hflip, self.rot90, self.scale)
+            return {"hr": to_tensor(hr), "lr": to_tensor(lr)}
+        raise DataError(f"paired: none of the {len(self.pairs)} pairs could be read")
 
 
 class UnpairedStream(Sampler):
@@ -206,13 +344,7 @@ def make_loader(dataset: UnpairedPatches, batch_size: int, seed: int, rank: int 
 
 def paired_images(hr_dir, lr_dir, max_images: Optional[int] = None) -> List[Tuple[Path, Path]]:
     """(HR, LR) path pairs with the same relative path (extension ignored), sorted."""
-    hr_root, lr_root = Path(hr_dir), Path(lr_dir)
-    lr_by_key = {p.relative_to(lr_root).with_suffix("").as_posix(): p for p in list_images(lr_root)}
-    pairs = []
-    for p in list_images(hr_root):
-        key = p.relative_to(hr_root).with_suffix("").as_posix()
-        if key in lr_by_key:
-            pairs.append((p, lr_by_key[key]))
+    pairs = match_pairs(hr_dir, lr_dir)[0]
     if not pairs:
         raise ValueError(f"no image in {hr_dir} has a partner with the same name in {lr_dir}")
     return pairs[:max_images] if max_images else pairs
@@ -240,5 +372,6 @@ def load_pair(hr_path, lr_path, crop: int = 0) -> Tuple[torch.Tensor, torch.Tens
     return to_tensor(hr)[None], to_tensor(lr)[None]
 
 
-__all__ = ["list_images", "read_rgb", "usable_images", "augment", "to_tensor", "UnpairedPatches",
+__all__ = ["DataError", "worker_message", "list_images", "read_rgb", "usable_images", "augment", "augment_pair", "to_tensor", "UnpairedPatches",
+           "PairedPatches", "match_pairs",
            "UnpairedStream", "make_loader", "paired_images", "load_pair", "sample_seed"]

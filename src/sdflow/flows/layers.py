@@ -15,6 +15,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdflow.nets.precision import autocast_net
+
 
 def _zeros_logdet(x: torch.Tensor) -> torch.Tensor:
     return x.new_zeros(x.shape[0])
@@ -186,6 +188,7 @@ class CouplingNet(nn.Module):
         nn.init.zeros_(self.conv3.weight)
         nn.init.zeros_(self.conv3.bias)
 
+    @autocast_net
     def forward(self, x):
         h = F.leaky_relu(self.conv1(x), 0.01)
         h = F.leaky_relu(self.conv2(h), 0.01)

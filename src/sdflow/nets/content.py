@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from sdflow.nets.precision import autocast_net
 from sdflow.nets.rrdb import _conv3
 
 
@@ -47,6 +48,7 @@ class ContentExtractor(nn.Module):
         self.blocks = nn.ModuleList(ModulatedResBlock(channels) for _ in range(num_blocks))
         self.tail = nn.Sequential(_conv3(channels, channels), nn.LeakyReLU(0.2), nn.Conv2d(channels, 3, 1))
 
+    @autocast_net
     def forward(self, x):
         a = self.head(x)
         m = self.modulation(a)

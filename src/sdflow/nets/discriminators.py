@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdflow.nets.precision import autocast_net
+
 
 class PatchDiscriminator(nn.Module):
     """PatchGAN critic: `layers` stride-2 4x4 convolutions, then two stride-1 ones, giving a
@@ -42,6 +44,7 @@ class PatchDiscriminator(nn.Module):
         n = sum(1 for m in self.net if isinstance(m, nn.Conv2d) and m.stride == (2, 2))
         return 2 ** n * 3
 
+    @autocast_net
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -65,6 +68,7 @@ class ContentDiscriminator(nn.Module):
                 nn.init.normal_(m.weight, 0.0, 0.02)
                 nn.init.zeros_(m.bias)
 
+    @autocast_net
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 

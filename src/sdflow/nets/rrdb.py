@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdflow.nets.precision import autocast_net
+
 
 def _small_init(module: nn.Module, gain: float = 0.1) -> None:
     # Residual trunks start close to the identity; the authors scale Xavier init by 0.1.
@@ -55,6 +57,7 @@ class ConditionNet(nn.Module):
         self.tail = nn.Sequential(_conv3(channels, channels), nn.LeakyReLU(0.2), _conv3(channels, channels))
         _small_init(self)
 
+    @autocast_net
     def forward(self, x):
         a = self.head(x)
         return self.tail(self.body_out(self.body(a)) + a)

@@ -31,6 +31,9 @@ class DataConfig:
     hflip: bool = True
     rot90: bool = True
     dequantize: bool = True           # uniform noise of one 8-bit step in the likelihood terms
+    # The HR and LR folders correspond file by file (RealSR, `sdflow degrade --mode paired`): each
+    # batch holds aligned crops of pairs and the paired terms of `loss` apply (--paired).
+    paired: bool = False
 
 
 @dataclass
@@ -39,7 +42,7 @@ class TrainSchedule:
     stage1_steps: int = 50_000        # N_pre: likelihood, content and domain terms only
     seed: int = 0
     grad_accum: int = 1
-    amp: str = "none"                 # none | bf16 | fp16 (CUDA only; ignored with a warning on CPU)
+    amp: str = "none"                 # none | bf16 | fp16: the networks inside the flows (fp16 CUDA only)
     max_consecutive_skips: int = 20
     device: str = "auto"              # auto | cpu | cuda
 
@@ -82,6 +85,15 @@ class LossConfig:
     # (detached) is super-resolved at tau 0 and compared with the HR patch it came from, L1:
     # the SR path is trained on the learnt degradation, as supervised SR is on a simulated one.
     sr_cycle: float = 0.0
+    # [ours, off in the spec's objective] Stage 2: NLL_HR with f_HF conditioned on E of the DS
+    # sample (detached) instead of z_c^h, training f_HF only: at test time f_HF is conditioned on
+    # E(x), which is not z_c^h; paired training does the same on real pairs.
+    sr_cycle_nll: float = 0.0
+    # Temperature of the DS samples the cycles learn from; None: the critics' (stage2_tau).
+    cycle_tau: Optional[float] = None
+    # Where content_cycle and paired_content compare E's content with the known one: latent (f_LR's
+    # latent space, whose scale drifts in training) or picture (the contents decoded by f_LR^-1).
+    cycle_space: str = "latent"
     # [ours, off in the spec's objective] Stage 2: the DS samples' per-image high-pass energies
     # (Immerkaer's mask, as metrics.noise_sigma) must be distributed as the real LR batch's
     # (L1 between the sorted values). Matches sharpness and noise level, which a small LR critic
@@ -93,6 +105,18 @@ class LossConfig:
     # statistic the domain critic can miss. It narrows that latent gap but did not make DS blur
     # (docs/training.md, "What did not fix it"; content_target_sigma did).
     content_hf_match: float = 0.0
+    # Paired data only (data.paired), [ours]. The SR path from the true pairs: E(x) toward the
+    # HR's own content z_c^h (detached), L1; the tau-0 SR of x toward y, L1. The DS path: the
+    # tau-0 DS (a mixture mean as degradation) of y toward x, L1. With pairs the likelihoods are
+    # also conditioned across: f_HF's on E(x), f_Deg's on z_c^h (both detached).
+    paired_content: float = 10.0
+    paired_sr: float = 10.0
+    paired_ds: float = 1.0
+    # [ours] What the critics judge (domain and image GANs): 0 = the whole images / content maps;
+    # sigma > 0 = only what a Gaussian low-pass of sigma LR pixels leaves (4 sigma HR pixels for
+    # the HR critic). With HR and LR photos of different scenes the low band differs by scene and
+    # colour, and a critic that sees it drags E's colours toward the HR photos' (docs/training.md).
+    critic_highpass: float = 0.0
     # Switches and details.
     nll_lr_detach_content: bool = True
     content_freeze_f_lr: bool = True
@@ -271,6 +295,7 @@ class TrainConfig:
             "loss.lpf_sigma": (lo.lpf_sigma, 0), "loss.content_hr_lpf_sigma": (lo.content_hr_lpf_sigma, 0),
             "loss.content_lr_lpf_sigma": (lo.content_lr_lpf_sigma, 0),
             "loss.content_target_sigma": (lo.content_target_sigma, 0), "loss.stage2_tau": (lo.stage2_tau, 0),
+            "loss.critic_highpass": (lo.critic_highpass, 0), "loss.cycle_tau": (lo.cycle_tau, 0),
             "log.every": (lg.every, 1), "log.image_every": (lg.image_every, 0),
             "checkpoint.every": (self.checkpoint.every, 0), "checkpoint.keep": (self.checkpoint.keep, 0),
             "val.every": (v.every, 0), "val.max_images": (v.max_images, 0), "val.crop": (v.crop, 0),
@@ -291,6 +316,8 @@ class TrainConfig:
                 _at_least(key, value, 0)
         if any(b >= 1 for b in o.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if self.loss.cycle_space not in ("latent", "picture"):
+            raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
         levels = self.loss.ds_hf_levels
@@ -301,7 +328,7 @@ class TrainConfig:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",
                      "perceptual", "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match",
-                     "content_hf_match"):
+                     "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll"):
             _at_least(f"loss.{name}", getattr(self.loss, name), 0)
         valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
         bad = set(self.optim.freeze) - valid

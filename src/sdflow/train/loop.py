@@ -30,10 +30,12 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from sdflow.checkpoints import save_model
-from sdflow.data.datasets import UnpairedPatches, load_pair, make_loader, paired_images
+from sdflow.data.datasets import PairedPatches, UnpairedPatches, load_pair, make_loader, paired_images
+from sdflow.data.datasets import DataError, worker_message
 from sdflow.flows.layers import ActNorm
 from sdflow.model import SDFlow
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
+from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig
 from sdflow.train.logging import RunLogger, image_grid
@@ -131,6 +133,20 @@ def _all_params(*modules: Optional[nn.Module]) -> List[torch.Tensor]:
     return [p for m in modules if m is not None for p in m.parameters()]
 
 
+def _close_loader(batches) -> None:
+    """Stop a DataLoader iterator's worker processes now. An exception raised inside the
+    iterator keeps it alive in its traceback, and the workers ignore SIGTERM (datasets'
+    _worker_init), so at exit multiprocessing would wait for them forever."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is None:
+        return
+    shutdown()
+    for w in getattr(batches, "_workers", ()):
+        if w.is_alive():
+            w.kill()   # one busy decoding a file never reads the request to stop
+            w.join(5)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir, resume: bool = False,
                  on_step_end: Optional[Callable[["Trainer"], None]] = None):
@@ -150,10 +166,15 @@ class Trainer:
 
         self.amp_dtype = None
         if cfg.train.amp != "none":
-            if d.device.type != "cuda":
-                self.logger.warning(f"train.amp={cfg.train.amp} needs CUDA; training in float32 on CPU")
+            wanted = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+            if wanted not in SUPPORTED.get(d.device.type, ()):
+                self.logger.warning(f"train.amp={cfg.train.amp} is not supported on {d.device.type}; "
+                                    f"training in float32")
             else:
-                self.amp_dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+                self.amp_dtype = wanted
+                if d.device.type == "cpu" and not cpu_has_native_bf16():
+                    self.logger.warning("train.amp=bf16: this CPU has no native bfloat16 (AVX512-BF16 / AMX); "
+                                        "oneDNN emulates it, which is usually slower than float32")
         # Loss scaling only for fp16: bfloat16 has float32's exponent range and needs none.
         scaler_on = self.amp_dtype == torch.float16
         self.scaler_g = _grad_scaler(scaler_on)
@@ -195,15 +216,17 @@ class Trainer:
             getattr(self.model, name).requires_grad_(False)
             self.logger.info(f"frozen: {name}")
 
-        self.gen_obj = GeneratorObjective(self.model, cfg.loss, self.critics, self.vgg, cfg.data.dequantize)
+        self.gen_obj = GeneratorObjective(self.model, cfg.loss, self.critics, self.vgg, cfg.data.dequantize,
+                                          paired=cfg.data.paired)
         self.critic_groups = {}
         if "content" in self.critics:
             self.critic_groups["latent"] = CriticObjective({"content": self.critics["content"]})
         if "hr" in self.critics:
             self.critic_groups["image"] = CriticObjective({"hr": self.critics["hr"], "lr": self.critics["lr"]})
 
-        self.dataset = UnpairedPatches(cfg.data.hr_dir, cfg.data.lr_dir, cfg.data.hr_patch, cfg.data.lr_patch,
-                                       cfg.data.hflip, cfg.data.rot90)
+        patches = PairedPatches if cfg.data.paired else UnpairedPatches
+        self.dataset = patches(cfg.data.hr_dir, cfg.data.lr_dir, cfg.data.hr_patch, cfg.data.lr_patch,
+                               cfg.data.hflip, cfg.data.rot90)
 
     def _wrap(self) -> None:
         d = self.dist
@@ -270,7 +293,7 @@ class Trainer:
         path = None
         if self.dist.is_main:
             path = self.run_dir / ckpt_io.checkpoint_name(self.step)
-            ckpt_io.atomic_torch_save(state, path)
+            ckpt_io.write_checkpoint(state, path)
             save_model(self.model, self.run_dir / "model.safetensors",
                        metadata={"sdflow.train_step": self.step})
             for old in ckpt_io.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep) if prune else ():
@@ -279,10 +302,9 @@ class Trainer:
         self.last_saved_step = self.step
         return path
 
-    def _load_weights(self, path: Path) -> dict:
-        """First half of a resume: weights, counters and the data position (before DDP
-        wraps the modules and the loader is built)."""
-        ck = ckpt_io.load_checkpoint(path)
+    def _load_weights(self, path: Path, ck: dict) -> dict:
+        """First half of a resume, from the checkpoint `ck` read from `path`: weights, counters
+        and the data position (before DDP wraps the modules and the loader is built)."""
         if ck["model_config"] != self.model.config.to_dict():
             raise ValueError(f"{path}: its model ({ck['model_config']}) differs from the config's "
                              f"({self.model.config.to_dict()})")
@@ -355,12 +377,15 @@ class Trainer:
     # ----- the loop ------------------------------------------------------------------------
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        # The networks inside the flows run in the reduced dtype, the flows themselves (latent
+        # state, 1x1 convolutions, log-determinants) in float32: sdflow.nets.precision.
+        return reduced_precision(self.amp_dtype)
 
     def _next_batch(self):
-        batch = next(self.batches)
+        try:
+            batch = next(self.batches)
+        except DataError as e:
+            raise DataError(worker_message(e)) from None
         self.data_position += self.micro
         nb = self.dist.device.type == "cuda"
         return batch["hr"].to(self.dist.device, non_blocking=nb), batch["lr"].to(self.dist.device, non_blocking=nb)
@@ -499,12 +524,19 @@ class Trainer:
         self.last_saved_step = -1
         self._first_batch = None
         self._last_batch = None
+        self.batches = None
         self.logger = RunLogger(self.run_dir, enabled=d.is_main, rank=d.rank)
+        if d.is_main:
+            for partial in ckpt_io.remove_partial_checkpoints(self.run_dir):
+                self.logger.info(f"removed {partial.name}, a checkpoint whose writing was interrupted")
         stop = _StopFlag()
         summary = {"interrupted": False, "diverged": False}
         try:
             self._build()
-            ck = self._load_weights(existing) if existing is not None else None
+            if existing is not None:
+                # A damaged newest checkpoint is named and the newest intact one taken instead.
+                existing, ck = ckpt_io.newest_intact(self.run_dir, self.logger.warning, set_aside=d.is_main)
+            ck = self._load_weights(existing, ck) if existing is not None else None
             if self.step > cfg.train.steps:
                 # Writing train.steps into the run's config would make it claim fewer steps
                 # than its weights have had.
@@ -540,6 +572,7 @@ class Trainer:
                 dist.barrier()
         finally:
             stop.uninstall()
+            _close_loader(self.batches)
             self.batches = None
             self.logger.close()
             if d.owns_group and dist.is_initialized():
@@ -554,7 +587,8 @@ class Trainer:
         n_crit = sum(p.numel() for p in _all_params(*self.critics.values()))
         self.logger.info(f"sdflow train: run {self.run_dir} | device {d.device} x {d.world_size} rank(s) | "
                          f"model {cfg.model} ({n_gen:,} parameters) | critics {sorted(self.critics)} "
-                         f"({n_crit:,}) | {len(self.dataset.hr_paths)} HR / {len(self.dataset.lr_paths)} LR images")
+                         f"({n_crit:,}) | " + (f"{len(self.dataset)} HR / LR pairs" if cfg.data.paired else
+                                               f"{len(self.dataset.hr_paths)} HR / {len(self.dataset.lr_paths)} LR images"))
         self.logger.info(f"steps {cfg.train.steps} (stage 1 until {cfg.train.stage1_steps}) | batch "
                          f"{cfg.data.batch_size} = {d.world_size} rank(s) x {cfg.train.grad_accum} accumulation "
                          f"x {self.micro} | patches HR {cfg.data.hr_patch} / LR {cfg.data.lr_patch} | "

@@ -142,10 +142,11 @@ class GeneratorObjective(nn.Module):
     """
 
     def __init__(self, model: SDFlow, cfg: LossConfig, critics: Optional[Dict[str, nn.Module]] = None,
-                 vgg: Optional[VGG19Features] = None, dequantize_inputs: bool = True):
+                 vgg: Optional[VGG19Features] = None, dequantize_inputs: bool = True, paired: bool = False):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.paired = paired  # batches hold aligned (HR, LR) pairs: data.paired
         self.vgg = vgg
         self.dequantize_inputs = dequantize_inputs
         self.__dict__["critics"] = dict(critics or {})  # bypasses nn.Module registration
@@ -159,10 +160,12 @@ class GeneratorObjective(nn.Module):
              "lr_mode": c.lr_mode, "content_hf_match": c.content_hf_match,
              "content_perceptual": c.content_perceptual if (has_vgg and c.content > 0) else 0.0,
              "domain": c.domain if "content" in self.critics else 0.0}
+        if self.paired:
+            w.update({"paired_content": c.paired_content, "paired_sr": c.paired_sr, "paired_ds": c.paired_ds})
         if stage2:
             w.update({"gan": c.gan if {"hr", "lr"} <= set(self.critics) else 0.0,
                       "pixel": c.pixel, "perceptual": c.perceptual if has_vgg else 0.0,
-                      "content_cycle": c.content_cycle, "sr_cycle": c.sr_cycle,
+                      "content_cycle": c.content_cycle, "sr_cycle": c.sr_cycle, "sr_cycle_nll": c.sr_cycle_nll,
                       "ds_hf_match": c.ds_hf_match})
         return w
 
@@ -182,6 +185,28 @@ class GeneratorObjective(nn.Module):
     def _critic(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return call_frozen(self.critics[name], x)
 
+    def content_distance(self, c: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """L1 from an estimated content map to a known one (detached): in f_LR's latent space, or
+        with `cycle_space: picture` between the pictures f_LR^-1 decodes them to (f_LR's
+        parameters untouched). The latent's scale is not pinned (f_HR and f_LR gain
+        log-determinant by growing z_c together while the content pictures stay put), so a latent
+        L1 drifts with it; a picture L1 is in image units throughout."""
+        if self.cfg.cycle_space == "latent":
+            return F.l1_loss(c, target.detach())
+        inv = lambda z: call_frozen(self.model.f_lr, z, inverse=True)[0]  # noqa: E731
+        with torch.no_grad():
+            ref = inv(target)
+        return F.l1_loss(inv(c), ref)
+
+    def critic_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """What critic `name` judges of x: x itself, or with `critic_highpass` > 0 only what a
+        Gaussian low-pass of that many LR pixels leaves (4x as many on the HR critic's HR
+        images). With HR and LR photos of different scenes, the low band tells the sets apart
+        by their colours and scenes, not by their degradations; the content and pixel terms
+        already pin it, so the critics are kept to the band they are needed for."""
+        sigma = self.cfg.critic_highpass * (4 if name == "hr" else 1)
+        return x if sigma <= 0 else x - gaussian_blur(x, sigma)
+
     def forward(self, hr: torch.Tensor, lr: torch.Tensor, stage2: bool = False,
                 inject_nan: bool = False) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], Dict]:
         cfg, m = self.cfg, self.model
@@ -198,11 +223,13 @@ class GeneratorObjective(nn.Module):
         c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
 
         if w["nll_hr"] > 0:
-            # The spec's stop-gradient: f_HF may not shape the content.
-            _, logdet_hf = m.f_hf(z_h, z_c_h.detach())
+            # The spec's stop-gradient: f_HF may not shape the content. With pairs, f_HF learns the
+            # HR's detail given what SR will condition it on, E(x): supervised flow SR.
+            _, logdet_hf = m.f_hf(z_h, (c if self.paired else z_c_h).detach())
             terms["nll_hr"] = bits_per_dim_nll(logdet_hr + logdet_hf, hr).mean()
         if w["nll_lr"] > 0:
-            cond = c.detach() if cfg.nll_lr_detach_content else c
+            # With pairs, f_Deg learns the real LR's degradation given the HR's own content.
+            cond = z_c_h.detach() if self.paired else (c.detach() if cfg.nll_lr_detach_content else c)
             z_lr, logdet_lr = m.f_lr(lr_in)
             z_deg, logdet_deg = m.f_deg(z_lr - cond, cond)
             terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
@@ -211,6 +238,14 @@ class GeneratorObjective(nn.Module):
             terms["hr_mode"] = F.l1_loss(sr_from_content(m, z_c_h, 0.0), hr)
         if w["lr_mode"] > 0:
             terms["lr_mode"] = F.l1_loss(ds_from_content(m, c.detach(), 0.0, cfg.ds_sampler), lr)
+
+        if self.paired:
+            if w["paired_content"] > 0:
+                terms["paired_content"] = self.content_distance(c, z_c_h)
+            if w["paired_sr"] > 0:
+                terms["paired_sr"] = F.l1_loss(sr_from_content(m, c, 0.0), hr)
+            if w["paired_ds"] > 0:
+                terms["paired_ds"] = F.l1_loss(ds_from_content(m, z_c_h, 0.0, cfg.ds_sampler), lr)
 
         hr_small = None
         if w["content"] > 0 or stage2:
@@ -239,9 +274,10 @@ class GeneratorObjective(nn.Module):
             terms["content_hf_match"] = hf_distribution_l1(c, z_c_h.detach())
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
-            terms["domain"] = 0.5 * (lsgan(self._critic("content", c), 1.0)
-                                     + lsgan(self._critic("content", z_c_h), 0.0))
-            critic_inputs["content"] = (z_c_h.detach(), c.detach())
+            v_c, v_h = self.critic_view("content", c), self.critic_view("content", z_c_h)
+            terms["domain"] = 0.5 * (lsgan(self._critic("content", v_c), 1.0)
+                                     + lsgan(self._critic("content", v_h), 0.0))
+            critic_inputs["content"] = (v_h.detach(), v_c.detach())
 
         if stage2:
             tau = cfg.stage2_tau
@@ -251,9 +287,10 @@ class GeneratorObjective(nn.Module):
             x_ds_j = quantize_st(x_ds) if cfg.quantize_fakes else x_ds
 
             if w["gan"] > 0:
-                terms["gan"] = lsgan(self._critic("hr", y_sr_j), 1.0) + lsgan(self._critic("lr", x_ds_j), 1.0)
-                critic_inputs["hr"] = (hr, y_sr_j.detach())
-                critic_inputs["lr"] = (lr, x_ds_j.detach())
+                v_sr, v_ds = self.critic_view("hr", y_sr_j), self.critic_view("lr", x_ds_j)
+                terms["gan"] = lsgan(self._critic("hr", v_sr), 1.0) + lsgan(self._critic("lr", v_ds), 1.0)
+                critic_inputs["hr"] = (self.critic_view("hr", hr), v_sr.detach())
+                critic_inputs["lr"] = (self.critic_view("lr", lr), v_ds.detach())
             y_sr_small = downscale(y_sr, 4)
             if w["pixel"] > 0:
                 terms["pixel"] = low_pass_l1(y_sr_small, lr, sigma) + low_pass_l1(x_ds, hr_small, sigma)
@@ -264,15 +301,28 @@ class GeneratorObjective(nn.Module):
                 # A batch statistic, not a pixel target: the sets are unpaired, but the DS samples'
                 # sharpness and noise should be distributed as the real LR images' are.
                 terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr, cfg.ds_hf_levels)
+            # The cycles train the SR path on pseudo-pairs (y, x_ds), as paired training does on
+            # real pairs. `cycle_tau` draws them from the learnt degradation at their own
+            # temperature (1: the density itself) instead of reusing the critics' samples.
+            x_cyc = x_ds_j
+            if cfg.cycle_tau is not None and cfg.cycle_tau != tau and cfg.cycle_detach_ds:
+                with torch.no_grad():
+                    x_cyc = ds_from_content(m, z_c_h, cfg.cycle_tau, cfg.ds_sampler)
+                    x_cyc = quantize_st(x_cyc) if cfg.quantize_fakes else x_cyc
             c_ds = None
             if w["content_cycle"] > 0:
-                x_in = x_ds_j.detach() if cfg.cycle_detach_ds else x_ds_j
+                x_in = x_cyc.detach() if cfg.cycle_detach_ds else x_cyc
                 c_ds = m.content(x_in)
-                terms["content_cycle"] = F.l1_loss(c_ds, z_c_h.detach())
+                terms["content_cycle"] = self.content_distance(c_ds, z_c_h)
+            if (w["sr_cycle"] > 0 or w["sr_cycle_nll"] > 0) and (c_ds is None or not cfg.cycle_detach_ds):
+                c_ds = m.content(x_cyc.detach())
             if w["sr_cycle"] > 0:
-                if c_ds is None or not cfg.cycle_detach_ds:
-                    c_ds = m.content(x_ds_j.detach())
                 terms["sr_cycle"] = F.l1_loss(sr_from_content(m, c_ds, 0.0), hr)
+            if w["sr_cycle_nll"] > 0:
+                # f_HF learns the HR's detail given what SR conditions it on, E of an LR image,
+                # here a pseudo one (paired training's nll_hr on real pairs). Only f_HF learns.
+                _, logdet_hf = m.f_hf(z_h.detach(), c_ds.detach())
+                terms["sr_cycle_nll"] = bits_per_dim_nll(logdet_hr.detach() + logdet_hf, hr).mean()
             terms["sr_range"] = (y_sr.detach().abs() > 1.0).float().mean()  # how far samples overshoot
 
         total = sum(w[k] * terms[k].float() for k in w if w[k] > 0 and k in terms)
