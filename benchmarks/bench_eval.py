@@ -4,7 +4,7 @@
     python benchmarks/bench_eval.py --data bench --model trained.safetensors --tau 0 0.8
     python benchmarks/bench_eval.py --data bench --presets realistic --random tiny   # timing only
 
-Each preset folder (bench/<preset>/HR, LR) is evaluated once with sdflow.evaluate, exactly as
+Each preset folder (bench/<preset>/HR, LR) is evaluated once with sdflow.evaluation, exactly as
 `sdflow eval --hr bench/<preset>/HR --lr bench/<preset>/LR -o <out>/<preset>` would (the full
 outputs, report included, go to --out), and its wall time is measured. The Markdown tables printed
 give the means per photo subset (samples, skimage, mate: the first folder of each name) and over all.
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from sdflow import evaluate
-from sdflow.evaluate import DS_COLUMNS, SR_COLUMNS, format_value, mean_rows
+from sdflow import evaluation
+from sdflow.evaluation import DS_COLUMNS, SR_COLUMNS, format_value, mean_rows
 
 SR_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "lr_psnr")
 DS_KEYS = ("psnr_rgb", "ssim_rgb", "noise", "noise_gap", "lapvar", "lapvar_gap", "grad", "grad_gap")
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     sr_table, ds_table, times = [], [], []
     for preset in presets:
         t0 = time.perf_counter()
-        res = evaluate.evaluate_folders(
+        res = evaluation.evaluate_folders(
             args.data / preset / "HR", args.data / preset / "LR", out / preset, model=model,
             max_images=args.max_images, taus=args.tau, samples=args.samples,
             direction=args.direction, progress=False, log=lambda m: None,

@@ -9,31 +9,32 @@ parameter perturbed) when ../shared/fixtures/official_parity.pt exists, otherwis
 config with seeded perturbed weights; the same weights for every path.
 
 Paths:
-  authors     the authors' code path, emulated faithfully (benchmarks/authors_path.py)
-  model       SDFlow.super_resolve / downscale under torch.no_grad
-  fast-fp32   sdflow.fast.FastSDFlow, float32 (channels-last)
-  fast-bf16   the same with the convolutional nets in bfloat16
-  fast-fp16   the same in float16 (CUDA; on CPU only timed at the smallest size: it is slow there)
+  authors       the authors' code path, emulated faithfully (benchmarks/authors_path.py)
+  modules       SDFlow.super_resolve / downscale through the model's own modules (training mode,
+                under torch.no_grad): the differentiable reference, what sampling was before it fused
+  library       sdflow.load(...) then super_resolve / downscale, exactly as a library user calls
+                them: eval mode, float32, the model's fused sampling form (channels-last)
+  library-bf16  the same with precision="bf16": the convolutional nets in bfloat16
+  library-fp16  the same in float16 (CUDA; on CPU only timed at the smallest size: it is slow there)
 
 speed:   paths measured side by side in one process, interleaved round by round, after one
          warm-up call each; the median over rounds. Seconds per call and per output megapixel.
 memory:  each (path, task, size) in a fresh process: peak resident set (ru_maxrss) and its rise
          over the resident set just before the call; CUDA: torch.cuda.max_memory_allocated.
-floor:   the convolution FLOPs of one fast fp32 call (torch.utils.flop_counter), this machine's
+floor:   the convolution FLOPs of one library (fused fp32) call (torch.utils.flop_counter), this machine's
          best float32 rate on the model's 3x3 convolution shapes, and the speed-up over the
          authors' path that an exact float32 implementation could reach at most (authors' time /
          (FLOPs / rate)), next to the one reached; on a CPU also one convolution with oneDNN's
          bfloat16 products (alone, and as float32 emulated by three bf16 products), time and error.
-samples: N samples of one image (--samples, default 4): the authors' path N times, the fast path
-         N times, and the fast path with the image's condition made once (what --samples N does).
-quality: PSNR of the reduced-precision outputs against fast-fp32 (images mapped to [0, 1], not
-         clamped), SR and DS of the sample photos at tau 0 and at tau 0.8 with shared noise.
+samples: N samples of one image (--samples, default 4): the authors' path N times, the library
+         N times, and the library with the image's condition made once (what --samples N does).
+quality: PSNR of the reduced-precision outputs against the library's fp32 (images mapped to [0, 1],
+         not clamped), SR and DS of the sample photos at tau 0 and at tau 0.8 with shared noise.
 batch:   `sdflow sr/ds --batch-size B` on a folder of many small images (the job behind the command,
          reading and writing PNGs included), images per second for B = 1, 4, 16; the bundled
-         default model and the paper-size one, both through the fast fp32 path.
-4k:      `sdflow sr` of a 960x540 image to 3840x2160 in a fresh process, peak ru_maxrss: the
-         library path with the defaults recommended to the CLI (fast fp32, auto tile), and the
-         `sdflow sr` command as installed.
+         default model and the paper-size one, both through a Pipeline at fp32.
+4k:      `sdflow sr` of a 960x540 image to 3840x2160 in a fresh process, peak ru_maxrss: a
+         Pipeline at fp32 with auto tiles, and the `sdflow sr` command as installed.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(os.environ.get("SDFLOW_PARITY_FIXTURE") or REPO.parent / "shared" / "fixtures" / "official_parity.pt")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PATHS = ["authors", "model", "fast-fp32", "fast-bf16", "fast-fp16"]
+PATHS = ["authors", "modules", "library", "library-bf16", "library-fp16"]
 SR_SIZES = [64, 128]      # LR sides
 DS_SIZES = [256, 512]     # HR sides
 GIB = 2 ** 30
@@ -95,15 +96,18 @@ def make_runner(model, path):
 
         a = AuthorsPath(model)
         return lambda task, x, tau: a.super_resolve(x, tau) if task == "sr" else a.downscale(x, tau)
-    if path == "model":
+    if path == "modules":
+        import copy
+
+        modules = copy.deepcopy(model).train()   # sampling in training mode runs the modules themselves
+
         def run(task, x, tau):
             with torch.no_grad():
-                return model.super_resolve(x, tau) if task == "sr" else model.downscale(x, tau)
+                return modules.super_resolve(x, tau) if task == "sr" else modules.downscale(x, tau)
         return run
-    from sdflow.fast import FastSDFlow
-
-    fast = FastSDFlow(model, path.split("-")[1])
-    return lambda task, x, tau: fast.super_resolve(x, tau) if task == "sr" else fast.downscale(x, tau)
+    precision = path.split("-")[1] if "-" in path else None
+    return lambda task, x, tau: (model.super_resolve(x, tau, precision=precision) if task == "sr"
+                                 else model.downscale(x, tau, precision=precision))
 
 
 def _sync(device):
@@ -155,13 +159,13 @@ def speed(device, repeats, sr_sizes, ds_sizes, fp16_all):
         for side in sizes:
             x = _image(task, side, device)
             out_mp = (side * 4 if task == "sr" else side // 4) ** 2 / 1e6
-            paths = [p for p in PATHS if p != "fast-fp16" or device == "cuda" or fp16_all or side == sizes[0]]
+            paths = [p for p in PATHS if p != "library-fp16" or device == "cuda" or fp16_all or side == sizes[0]]
             times = {p: [] for p in paths}
             for p in paths:  # warm-up
                 runners[p](task, x, 0.8)
             for _ in range(repeats):
                 for p in paths:
-                    if p == "fast-fp16" and device == "cpu" and times[p]:
+                    if p == "library-fp16" and device == "cpu" and times[p]:
                         continue  # one timing is enough to show it is slow on a CPU
                     times[p].append(_timed(device, lambda: runners[p](task, x, 0.8)))
             base = statistics.median(times["authors"])
@@ -223,10 +227,10 @@ def memory(device, sr_sizes, ds_sizes):
           f"   ({what}; rise = peak - before the call)")
     for task, sizes in (("sr", sr_sizes), ("ds", ds_sizes)):
         for side in sizes:
-            for p in ["authors", "model", "fast-fp32", "fast-bf16"]:
+            for p in ["authors", "modules", "library", "library-bf16"]:
                 r = _child(["--child-memory", p, task, str(side), device])
-                est = estimate_memory(paper, task, p.split("-")[1] if p.startswith("fast") else "fp32",
-                                      fast=p.startswith("fast"))
+                est = estimate_memory(paper, task, p.split("-")[1] if "-" in p else "fp32",
+                                      fused=p.startswith("library"))
                 print(f"{task:<4} {f'{side}x{side}':>9} {p:<10} {r['peak'] / 2**20:9.0f} {r['rise'] / 2**20:9.0f} "
                       f"{r['rise'] / side ** 2:8.0f} {est:8.0f}")
 
@@ -238,17 +242,15 @@ def quality(device, source=None):
     import torch
     from PIL import Image
 
-    from sdflow.fast import FastSDFlow
-
     if source is None:
         model, source = bench_model(device)
     else:
         import sdflow
 
         model = sdflow.load(source, device=device)
-    print(f"\n## reduced precision against fast-fp32 ({device}; {source})")
+    print(f"\n## reduced precision against fp32 ({device}; {source}; --precision auto here: "
+          f"{model.sampling_precision('auto')})")
     samples = sorted((REPO / "src" / "sdflow" / "assets" / "samples").glob("*.png"))
-    fast = {p: FastSDFlow(model, p) for p in ("fp32", "bf16", "fp16")}
     precisions = ["bf16", "fp16"]
     print(f"{'task':<4} {'tau':>4} {'precision':<9} {'PSNR dB':>8} {'max |d| (8-bit levels)':>24}")
     rows = {}
@@ -261,10 +263,10 @@ def quality(device, source=None):
                 g = torch.Generator(device=device).manual_seed(0)
                 if task == "sr":
                     z = model.sample_hf_latent(x, tau, g)
-                    outs = {p: f.super_resolve(x, hf_latent=z) for p, f in fast.items()}
+                    outs = {p: model.super_resolve(x, hf_latent=z, precision=p) for p in ("fp32", *precisions)}
                 else:
                     z = model.sample_deg_latent(x, tau, generator=g)
-                    outs = {p: f.downscale(x, deg_latent=z) for p, f in fast.items()}
+                    outs = {p: model.downscale(x, deg_latent=z, precision=p) for p in ("fp32", *precisions)}
                 for p in precisions:
                     d = (outs[p] - outs["fp32"]) / 2
                     rows.setdefault((task, tau, p), []).append(
@@ -278,21 +280,19 @@ def quality(device, source=None):
 # ----- the 4K SR memory check ------------------------------------------------------------
 
 def fourk_child(model_file, image_file, out_file):
-    """What `sdflow sr` should do by default: fast fp32 path, auto tile, then write the PNG."""
+    """A Pipeline at fp32 with auto tiles, then write the PNG."""
     import numpy as np
     import torch
     from PIL import Image
 
-    import sdflow
-    from sdflow.fast import FastSDFlow
-    from sdflow.tiling import DEFAULT_SR_TILE_PAD, auto_tile, tiled_super_resolve
+    from sdflow.pipeline import Pipeline
 
     t0 = time.perf_counter()
-    model = FastSDFlow(sdflow.load(model_file))
+    pipe = Pipeline.load(model_file, "cpu", "fp32")
     x = torch.from_numpy(np.asarray(Image.open(image_file).convert("RGB"), dtype=np.float32) / 127.5 - 1)
     x = x.permute(2, 0, 1)[None].contiguous()
-    tile = auto_tile(model, x.shape[2], x.shape[3], "sr")
-    y = tiled_super_resolve(model, x, tile, DEFAULT_SR_TILE_PAD, 0.8, torch.Generator().manual_seed(0))
+    tile = pipe.tile_for("sr", x.shape[2], x.shape[3])
+    y = pipe.super_resolve(x, 0.8, seed=0)
     if not bool(torch.isfinite(y).all()):
         raise SystemExit("non-finite output")
     rgb = ((y[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
@@ -317,14 +317,14 @@ def fourk(sr_budget=2 * GIB):
         photo.resize((960, 540), Image.BICUBIC).save(d / "in.png")
         r = _child(["--child-4k", str(d / "model.safetensors"), str(d / "in.png"), str(d / "out.png")])
         verdict = "meets" if r["peak"] <= sr_budget else "MISSES"
-        print(f"library path (fast fp32, auto tile {r['tile']}, pad 16): peak {r['peak'] / GIB:.2f} GiB, "
+        print(f"Pipeline (fp32, auto tile {r['tile']}, pad 16): peak {r['peak'] / GIB:.2f} GiB, "
               f"{r['seconds']:.0f} s, output {r['shape'][1]}x{r['shape'][0]}: {verdict} the target")
         # The command as it is wired now, in a fresh process that reports its own peak; with
         # --samples 2 the tiles' conditions are kept for the second sample.
         env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
         report = ("import resource, sys; from sdflow.cli import main; rc = main(sys.argv[1:]); "
                   "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(rc)")
-        for extra in ([], ["--samples", "2"]):
+        for extra in (["--precision", "fp32"], ["--precision", "fp32", "--samples", "2"], []):
             cmd = [sys.executable, "-c", report, "sr", "-i", str(d / "in.png"), "-o", str(d / f"cli{len(extra)}"),
                    "--model", str(d / "model.safetensors"), "--quiet", *extra]
             t0 = time.perf_counter()
@@ -344,9 +344,9 @@ def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
 
     import sdflow
     from sdflow.checkpoints import bundled_model_path
-    from sdflow.fast import FastSDFlow
     from sdflow.imageio import write_image
     from sdflow.inference import Options, plan, run
+    from sdflow.pipeline import Pipeline
 
     models = {"bundled default": sdflow.load(bundled_model_path(), device=device),
               "paper size": bench_model(device)[0]}
@@ -360,7 +360,7 @@ def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
             for i in range(count):
                 write_image(src / f"im{i:03d}.png", rng.integers(0, 256, (side, side, 3), dtype=np.uint8))
             for name, model in models.items():
-                fast = FastSDFlow(model, "fp32")
+                pipe = Pipeline(model, "fp32")
                 rates = []
                 for b in sizes:
                     opts = Options(mode=task, tau=0.8, batch_size=b, workers=1)
@@ -368,7 +368,7 @@ def batch(device, repeats, count=32, sr_side=32, ds_side=128, sizes=(1, 4, 16)):
                     for r in range(repeats + 1):  # round 0 warms up; outputs go to fresh folders
                         jobs = plan(src, Path(tmp) / f"out_{task}_{b}_{r}", opts)
                         summaries = []
-                        times.append(_timed(device, lambda: summaries.append(run(fast, jobs, opts, progress=False))))
+                        times.append(_timed(device, lambda: summaries.append(run(pipe, jobs, opts, progress=False))))
                         assert summaries[0].ok, summaries[0].report()
                     rates.append(count / statistics.median(times[1:]))
                 print(f"{name:16s} {task:4s}  {side}x{side:<5d} " + "  ".join(f"{v:6.1f}" for v in rates))
@@ -383,29 +383,28 @@ def samples(device, repeats, sr_side, ds_side, n=4):
     import torch
 
     from authors_path import AuthorsPath
-    from sdflow.fast import FastSDFlow
 
     model, source = bench_model(device)
-    authors, fast = AuthorsPath(model), FastSDFlow(model, "fp32")
+    authors, library = AuthorsPath(model), model
     print(f"\n## {n} samples of one image ({device}, {torch.get_num_threads()} threads; {source})")
     print(f"{'task':<4} {'input':>9} {'path':<22} {'s / image':>9} {'s / sample':>10} {'speed-up':>9}")
     for task, side in (("sr", sr_side), ("ds", ds_side)):
         x = _image(task, side, device)
         gens = lambda: [torch.Generator(device).manual_seed(k) for k in range(n)]  # noqa: E731
         if task == "sr":
-            one, make = (lambda g, c=None: fast.super_resolve(x, 0.8, g, condition=c)), fast.sr_condition
+            one, make = (lambda g, c=None: library.super_resolve(x, 0.8, g, condition=c)), library.sr_condition
             theirs = lambda: authors.super_resolve(x, 0.8)  # noqa: E731
         else:
-            one, make = (lambda g, c=None: fast.downscale(x, 0.8, generator=g, condition=c)), fast.ds_condition
+            one, make = (lambda g, c=None: library.downscale(x, 0.8, generator=g, condition=c)), library.ds_condition
             theirs = lambda: authors.downscale(x, 0.8)  # noqa: E731
 
         def shared():
             c = make(x)
             return [one(g, c) for g in gens()]
         runs = {"authors (N calls)": lambda: [theirs() for _ in range(n)],
-                "fast-fp32 (N calls)": lambda: [one(g) for g in gens()],
-                "fast-fp32 (shared)": shared}
-        a, b = runs["fast-fp32 (N calls)"](), runs["fast-fp32 (shared)"]()
+                "library (N calls)": lambda: [one(g) for g in gens()],
+                "library (shared)": shared}
+        a, b = runs["library (N calls)"](), runs["library (shared)"]()
         assert all(torch.equal(u, v) for u, v in zip(a, b)), "sharing the condition changed a sample"
         times = _interleaved(device, runs, repeats)
         base = statistics.median(times["authors (N calls)"])
@@ -418,7 +417,7 @@ def samples(device, repeats, sr_side, ds_side, n=4):
 
 def _bf16_emulation(repeats, side):
     """The one way around the float32 rate: oneDNN's bf16 "fpmath" mode (bfloat16 products,
-    float32 sums and output) on one 64->64 convolution, alone (too inexact: the fast path allows
+    float32 sums and output) on one 64->64 convolution, alone (too inexact: sampling allows
     1e-4) and as "bf16x3" (x = x_hi + x_lo, w = w_hi + w_lo, the three leading products as one
     convolution over 3x the channels), which is exact enough but has to beat float32."""
     import torch
@@ -456,18 +455,17 @@ def _bf16_emulation(repeats, side):
 
 
 def floor(device, repeats, sr_side, ds_side):
-    """The convolutions' FLOPs of one fast fp32 call, this machine's best float32 convolution
-    rate on the model's own layer shapes, and what they allow: no exact float32 implementation
-    that runs these convolutions is faster than FLOPs / rate."""
+    """The convolutions' FLOPs of one library (fused fp32) call, this machine's best float32
+    convolution rate on the model's own layer shapes, and what they allow: no exact float32
+    implementation that runs these convolutions is faster than FLOPs / rate."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     from authors_path import AuthorsPath
-    from sdflow.fast import FastSDFlow
 
     model, source = bench_model(device)
-    authors, fast = AuthorsPath(model), FastSDFlow(model, "fp32")
+    authors, library = AuthorsPath(model), model
     fmt = torch.channels_last
     best = 0.0
     with torch.inference_mode():
@@ -482,11 +480,11 @@ def floor(device, repeats, sr_side, ds_side):
     print(f"best float32 3x3 convolution rate on the model's shapes: {best:.0f} GFLOP/s")
     if device == "cpu":
         _bf16_emulation(repeats, sr_side)
-    print(f"{'task':<4} {'input':>9} {'conv GFLOP':>10} {'floor s':>8} {'authors s':>9} {'fast s':>7} "
+    print(f"{'task':<4} {'input':>9} {'conv GFLOP':>10} {'floor s':>8} {'authors s':>9} {'library':>7} "
           f"{'max speed-up':>12} {'reached':>8}")
     for task, side in (("sr", sr_side), ("ds", ds_side)):
         x = _image(task, side, device)
-        fast_run = (lambda: fast.super_resolve(x, 0.8)) if task == "sr" else (lambda: fast.downscale(x, 0.8))
+        fast_run = (lambda: library.super_resolve(x, 0.8)) if task == "sr" else (lambda: library.downscale(x, 0.8))
         auth_run = (lambda: authors.super_resolve(x, 0.8)) if task == "sr" else (lambda: authors.downscale(x, 0.8))
         counter = FlopCounterMode(display=False)
         with counter:

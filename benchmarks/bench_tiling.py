@@ -5,7 +5,7 @@
     python benchmarks/bench_tiling.py --model trained.safetensors   # a trained model instead of "paper"
 
 Models: the paper-size model of bench_inference.py (random-but-perturbed weights) and the tiny
-preset with seeded perturbed weights, both through the fast float32 path. Images: crops of the
+preset with seeded perturbed weights, both through a Pipeline at fp32. Images: crops of the
 bundled sample photos (SR: 128x128 LR made by 4x4 averaging of a 512x512 crop; DS: the
 512x512 crop). tau 0.8 uses one noise field for both runs (the tiler's shared field), so the
 difference is the tiling's alone. Figures: max and mean |tiled - untiled| in 8-bit levels
@@ -25,8 +25,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import REPO, bench_model  # noqa: E402
 
-from sdflow.fast import FastSDFlow  # noqa: E402
-from sdflow.tiling import tiled_downscale, tiled_super_resolve  # noqa: E402
+from sdflow.pipeline import Pipeline  # noqa: E402
 
 
 def tiny_model():
@@ -71,7 +70,7 @@ def main(argv=None):
         paper, source = sdflow.load(args.model), args.model
     else:
         paper, source = bench_model()
-    models = {"paper": FastSDFlow(paper), "tiny": FastSDFlow(tiny_model())}
+    models = {"paper": paper, "tiny": tiny_model()}
     sr_cases = [(32, 0), (32, 8), (32, 16), (64, 8), (64, 16), (64, 24)]
     ds_cases = [(128, 0), (128, 32), (128, 64), (256, 32), (256, 64), (256, 96)]
     print(f"# tiled vs untiled (paper: {source}; {', '.join(n for n, _ in photos(args.photos))})")
@@ -90,10 +89,11 @@ def main(argv=None):
                         z = model.sample_deg_latent(x, tau, generator=g)
                         ref = model.downscale(x, deg_latent=z)
                     for tile, pad in cases:
+                        image = Pipeline(model, "fp32", tile=tile, tile_pad=pad).prepare(x, keep=False)
                         if task == "sr":
-                            out = tiled_super_resolve(model, x, tile, pad, tau, hf_latent=z)
+                            out = image.super_resolve(hf_latent=z)
                         else:
-                            out = tiled_downscale(model, x, tile, pad, tau, deg_latent=z)
+                            out = image.downscale(deg_latent=z)
                         d = (out - ref).abs() * 127.5
                         stats[(tile, pad)].append((d.max().item(), d.mean().item(),
                                                    (to8(out) - to8(ref)).abs().max().item()))

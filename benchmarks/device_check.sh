@@ -5,10 +5,10 @@
 #   benchmarks/device_check.sh [OUT]          logs in OUT (default: device-check/)
 #
 # 1. tests/test_device.py on CUDA: the authors' results in float32 (the parity fixture; give its
-#    path in SDFLOW_PARITY_FIXTURE where ../shared is not beside the checkout), the fast path
-#    against the model and the CPU, bf16 / fp16, tiling, the command line, training with autocast
+#    path in SDFLOW_PARITY_FIXTURE where ../shared is not beside the checkout), the sampling form
+#    against the modules and the CPU, bf16 / fp16, tiling, the command line, training with autocast
 #    and an exact-enough resume;
-# 2. bench_inference.py on CUDA: speed (authors / model / fast fp32 / bf16 / fp16, side by side),
+# 2. bench_inference.py on CUDA: speed (authors / modules / library fp32 / bf16 / fp16, side by side),
 #    several samples, peak memory, the bf16 / fp16 quality cost with the trained bundled model;
 # 3. bench_train.py on CUDA: seconds per step and peak memory, tiny and paper configs.
 #

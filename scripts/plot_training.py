@@ -10,7 +10,7 @@ import re
 import sys
 from pathlib import Path
 
-from sdflow.report import svg_plot
+from sdflow.evaluation.report import svg_plot
 
 STEP = re.compile(r"\bstep (\d+)/\d+ stage \d \| (.*?) \|")
 VAL = re.compile(r"validation at step (\d+): (.*)$")

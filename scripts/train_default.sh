@@ -83,9 +83,9 @@ OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$PYTHON" -m sdflow train --config "$REPO/
 
 echo "== evaluation on the held-out photos"
 "$PYTHON" -m sdflow eval --hr "$WORK/test/HR" --lr "$WORK/test/LR" --model "$WORK/run" \
-    -o "$WORK/eval" --tau 0 0.4 0.8 --samples 2 -q
+    -o "$WORK/eval" --tau 0 0.4 0.8 --samples 2 --precision fp32 -q
 "$PYTHON" -m sdflow eval --hr "$WORK/test_draws/HR" --lr "$WORK/test_draws/LR" --model "$WORK/run" \
-    -o "$WORK/eval_draws" --tau 0 0.4 0.8 --samples 2 -q
+    -o "$WORK/eval_draws" --tau 0 0.4 0.8 --samples 2 --precision fp32 -q
 
 if [ "${BUNDLE:-0}" = 1 ]; then
     echo "== bundling"

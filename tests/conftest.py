@@ -2,6 +2,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def cpu_without_native_bf16(monkeypatch):
+    """Tests see a CPU without native bfloat16, so that --precision auto (the default) is fp32 on
+    every machine and the files compare with the float32 model; tests of auto say otherwise."""
+    import sdflow.nets.precision
+
+    monkeypatch.setattr(sdflow.nets.precision, "cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory):
     """A saved tiny SDFlow (.safetensors) with random weights, for end-to-end tests."""

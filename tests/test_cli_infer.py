@@ -9,11 +9,14 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+import sdflow.model as model_module
 from sdflow.cli import main
 from sdflow.commands import infer as infer_cmd
+from sdflow.commands.options import device_name
 from sdflow.imageio import (decode_png, downscale_alpha, encode_png, quantize, read_image, to_tensor,
                             upscale_alpha)
-from sdflow.fast import FastSDFlow
+from sdflow.model import SDFlow
+from sdflow.pipeline import Pipeline, Prepared, resolve_device
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,11 +121,11 @@ def test_results_are_rounded_not_truncated(tmp_path, tiny_model_path, monkeypatc
     # Levels 0.6, 100.52, 254.6 of 255: rounding gives 1, 101, 255; truncation would give 0, 100, 254.
     value = torch.tensor([0.6, 100.52, 254.6]) / 255
 
-    def constant(self, lr, tau=0.8, generator=None):
+    def constant(self, lr, tau=0.8, generator=None, **kw):
         h, w = lr.shape[-2:]
         return (value * 2 - 1).view(1, 3, 1, 1).expand(1, 3, 4 * h, 4 * w).to(lr.dtype)
 
-    monkeypatch.setattr(FastSDFlow, "super_resolve", constant)  # fp32 runs the fast path
+    monkeypatch.setattr(SDFlow, "super_resolve", constant)
     save(tmp_path / "a.png", 3, 4)
     assert sdflow("sr", "-q", "-i", tmp_path / "a.png", "-o", tmp_path / "out",
                   "--model", tiny_model_path) == 0
@@ -149,19 +152,19 @@ def test_bad_files_are_named_and_the_rest_is_done(tmp_path, tiny_model_path, cap
 
 
 def test_non_finite_output_fails_that_file_by_name(tmp_path, tiny_model_path, monkeypatch, capsys):
-    real = FastSDFlow.super_resolve
+    real = Prepared.super_resolve
 
-    def flaky(self, lr, tau=0.8, generator=None, **kw):
-        y = real(self, lr, tau=tau, generator=generator, **kw)
-        if lr.shape[-1] == 9:
+    def flaky(self, tau=0.8, seed=None, *args, **kw):
+        y = real(self, tau, seed, *args, **kw)
+        if self.x.shape[-1] == 9:
             return y * float("nan")
-        if lr.shape[-1] == 7:
+        if self.x.shape[-1] == 7:
             raise RuntimeError("out of memory (simulated)")
-        if lr.shape[-1] == 6 and generator.initial_seed() == 1:  # sample 1 only
+        if self.x.shape[-1] == 6 and seed == 1:  # sample 1 only
             return y.masked_fill(y > 0, float("inf"))
         return y
 
-    monkeypatch.setattr(FastSDFlow, "super_resolve", flaky)
+    monkeypatch.setattr(Prepared, "super_resolve", flaky)
     save(tmp_path / "in" / "fine.png", 8, 8)
     save(tmp_path / "in" / "nan.png", 8, 9)
     save(tmp_path / "in" / "oom.png", 8, 7)
@@ -257,18 +260,18 @@ def test_default_model_is_plugged_in_at_one_place(tmp_path, tiny_model_path, cap
 def test_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    assert infer_cmd.resolve_device("auto").type == "cpu"
+    assert resolve_device("auto").type == "cpu"
     with pytest.raises(ValueError, match="CUDA"):
-        infer_cmd.resolve_device("cuda")
+        resolve_device("cuda")
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
-    assert infer_cmd.resolve_device("auto").type == "mps"
+    assert resolve_device("auto").type == "mps"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert infer_cmd.resolve_device("auto").type == "cuda"
+    assert resolve_device("auto").type == "cuda"
     # cuda:N picks one GPU, and only one that exists.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert infer_cmd.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="2 CUDA devices"):
-        infer_cmd.resolve_device("cuda:2")
+        resolve_device("cuda:2")
 
 
 @pytest.mark.parametrize("command", ["sr", "ds", "eval", "demo"])
@@ -277,10 +280,10 @@ def test_device_names_are_checked_when_parsed(command, capsys, monkeypatch):
         sdflow(command, "--device", "gpu1")
     assert e.value.code == 2 and "expected auto, cpu, cuda, cuda:N or mps, got 'gpu1'" in capsys.readouterr().err
     # cuda:1 parses; without CUDA it is then refused by name.
-    assert infer_cmd._device_name("CUDA:1") == "cuda:1"
+    assert device_name("CUDA:1") == "cuda:1"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="--device cuda:1: CUDA is not available"):
-        infer_cmd.resolve_device("cuda:1")
+    with pytest.raises(ValueError, match="device cuda:1: CUDA is not available"):
+        resolve_device("cuda:1")
 
 
 def test_seeds_beyond_torchs_range_are_usage_errors(tmp_path, tiny_model_path, capsys):
@@ -343,8 +346,8 @@ def test_samples_of_one_image_make_its_condition_once(tmp_path, tiny_model_path,
     the samples stay those of N separate runs (test_samples_names_and_seeds checks the bytes)."""
     made = []
     maker = f"{mode}_condition"
-    real = getattr(FastSDFlow, maker)
-    monkeypatch.setattr(FastSDFlow, maker, lambda self, x: made.append(tuple(x.shape)) or real(self, x))
+    real = getattr(SDFlow, maker)
+    monkeypatch.setattr(SDFlow, maker, lambda self, x, precision=None: made.append(tuple(x.shape)) or real(self, x, precision))
     side = 12 if mode == "sr" else 48
     save(tmp_path / "in" / "a.png", side, side)
     save(tmp_path / "in" / "b.png", side, side + 4, seed=1)
@@ -444,8 +447,8 @@ def test_a_half_precision_model_writes_its_images(tmp_path, tiny_model_path, dty
 
     save(tmp_path / "in" / "a.png", 8, 8)
     model = sdflow.load(tiny_model_path, dtype=dtype)
-    summary = inference.run_batch(model, tmp_path / "in", tmp_path / "out", inference.Options(mode="sr", tau=0.0),
-                                  progress=False)
+    summary = inference.run_batch(Pipeline(model), tmp_path / "in", tmp_path / "out",
+                                  inference.Options(mode="sr", tau=0.0), progress=False)
     assert not summary.failed and files(tmp_path / "out") == ["a_sr.png"]
 
 
@@ -502,32 +505,34 @@ def test_bf16_fast_path_runs(tmp_path, tiny_model_path):
 
 
 @pytest.mark.parametrize("mode", ["sr", "ds"])
-def test_fp32_runs_the_fast_path_with_the_plain_models_results(tmp_path, tiny_model_path, monkeypatch, mode):
+def test_fp32_runs_the_sampling_form_with_the_modules_results(tmp_path, tiny_model_path, monkeypatch, mode):
     import sdflow as sd
 
     calls = []
-    real_init = FastSDFlow.__init__
+    real_init = model_module._FusedSteps.__init__
 
     def counting_init(self, *a, **kw):
         calls.append(1)
         real_init(self, *a, **kw)
 
-    monkeypatch.setattr(FastSDFlow, "__init__", counting_init)
+    monkeypatch.setattr(model_module._FusedSteps, "__init__", counting_init)
     save(tmp_path / "in" / "a.png", 24, 20, seed=3)
     assert sdflow(mode, "-q", "-i", tmp_path / "in", "-o", tmp_path / "fast", "--model", tiny_model_path,
-                  "--tau", "0.8", "--seed", "5") == 0
-    assert calls, "fp32 did not use the fast path"
+                  "--tau", "0.8", "--seed", "5", "--precision", "fp32") == 0
+    assert calls, "fp32 did not use the fused sampling form"
     n = len(calls)
     assert sdflow(mode, "-q", "-i", tmp_path / "in", "-o", tmp_path / "plain", "--model", tiny_model_path,
                   "--tau", "0.8", "--seed", "5", "--precision", "fp64") == 0
-    assert len(calls) == n, "fp64 must run the plain model"
+    assert len(calls) == n, "fp64 must run the modules themselves"
 
-    # The plain float32 model, called as the command calls it (seed 5 for sample 0).
+    # The modules themselves (float64), with the float32 model's noise (seed 5 for sample 0).
     x = to_tensor(read_image(tmp_path / "in" / "a.png").rgb)
-    model = sd.load(tiny_model_path)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(5)
-        y = model.super_resolve(x, 0.8, g) if mode == "sr" else model.downscale(x, 0.8, generator=g)
+    model, reference = sd.load(tiny_model_path), sd.load(tiny_model_path, dtype=torch.float64)
+    g = torch.Generator().manual_seed(5)
+    if mode == "sr":
+        y = reference.super_resolve(x, hf_latent=model.sample_hf_latent(x, 0.8, g))
+    else:
+        y = reference.downscale(x, deg_latent=model.sample_deg_latent(x, 0.8, generator=g))
     ref = ((y[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
     fast = np.asarray(PILImage.open(tmp_path / "fast" / f"a_{mode}.png")).astype(np.float64)
     assert fast.shape == ref.shape
@@ -569,7 +574,7 @@ def test_workers_read_ahead_in_threads_and_change_nothing(tmp_path, tiny_model_p
 @pytest.mark.parametrize("mode", ["sr", "ds"])
 def test_batch_size_groups_same_size_images_and_changes_only_rounding(tmp_path, tiny_model_path, mode,
                                                                       monkeypatch, capsys):
-    from sdflow import batching, inference
+    from sdflow import inference
 
     side = 8 if mode == "sr" else 32
     src = tmp_path / "in"
@@ -599,11 +604,13 @@ def test_batch_size_groups_same_size_images_and_changes_only_rounding(tmp_path, 
     assert not np.array_equal(outs[3]["im0_%s_0.png" % mode], outs[3]["im1_%s_0.png" % mode])
 
     # A batch that fails falls back to one image at a time, with the same files.
-    def broken(*args, **kw):
-        raise RuntimeError("out of memory (simulated)")
+    for method in ("super_resolve", "downscale"):
+        def broken(self, *args, real=getattr(Prepared, method), **kw):
+            if self.x.shape[0] > 1:
+                raise RuntimeError("out of memory (simulated)")
+            return real(self, *args, **kw)
 
-    monkeypatch.setattr(batching, "batched_super_resolve", broken)
-    monkeypatch.setattr(batching, "batched_downscale", broken)
+        monkeypatch.setattr(Prepared, method, broken)
     out = tmp_path / "fallback"
     assert sdflow(mode, "-q", "-i", src, "-o", out, "--model", tiny_model_path, "--batch-size", 3,
                   "--samples", 2, "--tau", 0.8) == 1
@@ -618,20 +625,37 @@ def test_batch_size_groups_same_size_images_and_changes_only_rounding(tmp_path, 
 def test_reduced_precision_warns_on_a_cpu_without_it(tmp_path, tiny_model_path, monkeypatch, capsys):
     import torch
 
+    import sdflow.nets.precision as precision
     from sdflow.commands.infer import precision_note
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_native_fp16", lambda: False)
     assert "bfloat16" in precision_note(cpu, "bf16") and "float16" in precision_note(cpu, "fp16")
     assert precision_note(cpu, "fp32") is None and precision_note(cuda, "bf16") is None
     src = save(tmp_path / "a.png", 8, 8)
     assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "o", "--model", tiny_model_path, "--precision", "bf16") == 0
     assert "no bfloat16 instructions" in capsys.readouterr().err
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     assert precision_note(cpu, "bf16") is None
     assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "o2", "--model", tiny_model_path, "--precision", "bf16") == 0
     assert "note:" not in capsys.readouterr().err
+
+
+def test_precision_auto_is_bf16_where_the_cpu_multiplies_it(tmp_path, tiny_model_path, monkeypatch, capsys):
+    import sdflow.nets.precision as precision
+
+    made = []
+    real_init = model_module._FusedSteps.__init__
+    monkeypatch.setattr(model_module._FusedSteps, "__init__",
+                        lambda self, model, p: made.append(p) or real_init(self, model, p))
+    src = save(tmp_path / "a.png", 8, 8)
+    for native, expected in ((False, "fp32"), (True, "bf16")):
+        monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda native=native: native)
+        made.clear()
+        assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / expected, "--model", tiny_model_path) == 0
+        assert made == [expected] and "note:" not in capsys.readouterr().err
+    assert (tmp_path / "fp32" / "a_sr.png").read_bytes() != (tmp_path / "bf16" / "a_sr.png").read_bytes()
 
 
 def test_a_tiled_image_shows_its_tiles(tmp_path, tiny_model_path, capsys):
@@ -682,7 +706,7 @@ def test_outscale_resizes_the_x4_result(tmp_path, tiny_model_path, capsys):
     import sdflow as sd
     from sdflow.imageio import from_tensor, read_image, to_tensor
 
-    y = FastSDFlow(sd.load(tiny_model_path)).super_resolve(to_tensor(read_image(src).rgb), 0.8,
+    y = sd.load(tiny_model_path).super_resolve(to_tensor(read_image(src).rgb), 0.8,
                                                            torch.Generator().manual_seed(2))
     ref = np.clip(np.round(from_tensor(resize(y, (20, 14), "bicubic")) * 255), 0, 255)  # clamped when written
     x2 = np.asarray(PILImage.open(tmp_path / "2" / "a_sr.png"), dtype=float)

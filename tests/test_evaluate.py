@@ -1,4 +1,4 @@
-"""`sdflow eval` and sdflow.evaluate / sdflow.report: tiny random model, images made here."""
+"""`sdflow eval` and sdflow.evaluation (its scorer and report): tiny random model, images made here."""
 import csv
 import json
 import math
@@ -13,7 +13,9 @@ import torch
 from PIL import Image as PILImage
 
 import sdflow
-from sdflow import evaluate, metrics, report
+from sdflow import evaluation, metrics
+from sdflow.evaluation import report
+from sdflow.evaluation.pairs import PairError, fit_pair
 from sdflow.cli import main
 from sdflow.imageio import quantize, read_image, to_tensor
 from sdflow.resize import downscale, upscale
@@ -201,7 +203,7 @@ def test_unmatched_and_unreadable_are_reported(tmp_path, capsys):
 def test_size_mismatch_is_skipped(tmp_path):
     hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"))
     PILImage.fromarray(smooth(20, 20, 3)).save(lr_dir / "b.png")
-    res = evaluate.evaluate_folders(hr_dir, lr_dir, progress=False, log=lambda m: None)
+    res = evaluation.evaluate_folders(hr_dir, lr_dir, progress=False, log=lambda m: None)
     assert not res.ok
     assert res.skipped[0][0] == "b" and "sizes do not match" in res.skipped[0][1]
     assert {r["image"] for r in res.sr_rows} == {"a"}
@@ -218,7 +220,7 @@ def test_hr_not_a_multiple_of_4_ceil_grid_and_mod_crop(tmp_path):
         for side, img in (("HR", hr), ("LR", lr)):
             (tmp_path / name / side).mkdir(parents=True, exist_ok=True)
             PILImage.fromarray(img).save(tmp_path / name / side / "a.png")
-    results = {name: evaluate.evaluate_folders(tmp_path / name / "HR", tmp_path / name / "LR", progress=False,
+    results = {name: evaluation.evaluate_folders(tmp_path / name / "HR", tmp_path / name / "LR", progress=False,
                                                log=lambda m: None)
                for name in ("ceil", "floor")}
     for name, res in results.items():
@@ -227,8 +229,8 @@ def test_hr_not_a_multiple_of_4_ceil_grid_and_mod_crop(tmp_path):
         assert bic["psnr_rgb"] > 50, (name, bic)   # the LR is HR's bicubic: a stretched grid gives ~28 dB
     assert not any("cropped" in n for n in results["ceil"].notes)
     assert any("1 HR image(s) cropped to 4x their LR" in n for n in results["floor"].notes)
-    with pytest.raises(evaluate._PairError, match="expected LR 41x31, or 40x30"):
-        evaluate._fit_pair(hr, lr_ceil[:29])
+    with pytest.raises(PairError, match="expected LR 41x31, or 40x30"):
+        fit_pair(hr, lr_ceil[:29])
 
 
 def test_div2k_and_realsr_names_pair(tmp_path):
@@ -237,7 +239,7 @@ def test_div2k_and_realsr_names_pair(tmp_path):
         for n in names:
             (tmp_path / side).mkdir(exist_ok=True)
             PILImage.fromarray(smooth(8, 8, 0)).save(tmp_path / side / n)
-    m = evaluate.match_folders(tmp_path / "HR", tmp_path / "LR")
+    m = evaluation.match_folders(tmp_path / "HR", tmp_path / "LR")
     assert [(p.name, Path(p.lr).name) for p in m.pairs] == [
         ("0801", "0801x4.png"), ("0802", "0802x4m.png"), ("Canon_001_HR", "Canon_001_LR4.png")]
     assert m.unmatched_hr == ["x.png"] and m.unmatched_lr == ["y.png"]
@@ -266,7 +268,7 @@ def test_an_image_too_small_for_ssim_does_not_blank_the_means(tmp_path):
     make_pairs(tmp_path / "small", names=("b",), hw=(16, 16))
     for side in ("HR", "LR"):
         (tmp_path / "small" / side / "b.png").rename(tmp_path / side / "b.png")
-    res = evaluate.evaluate_folders(tmp_path / "HR", tmp_path / "LR", progress=False, log=lambda m: None)
+    res = evaluation.evaluate_folders(tmp_path / "HR", tmp_path / "LR", progress=False, log=lambda m: None)
     assert res.ok
     rows = {r["image"]: r for r in res.sr_rows if r["method"] == "bicubic"}
     assert math.isnan(rows["b"]["ssim_y"]) and 0 < rows["a"]["ssim_y"] < 1
@@ -281,7 +283,7 @@ def test_grayscale_pairs_are_scored_on_the_gray_files_sdflow_writes(tmp_path, ti
     for side in (hr_dir, lr_dir):
         with PILImage.open(side / "g.png") as im:
             im.convert("L").save(side / "g.png")
-    res = evaluate.evaluate_folders(hr_dir, lr_dir, model=sdflow.load(tiny_model_path), taus=[0.8],
+    res = evaluation.evaluate_folders(hr_dir, lr_dir, model=sdflow.load(tiny_model_path), taus=[0.8],
                                     seed=3, direction="both", progress=False, log=lambda m: None)
     for direction, src, truth in (("sr", lr_dir, hr_dir), ("ds", hr_dir, lr_dir)):
         assert run(direction, "-i", src / "g.png", "-o", tmp_path / direction, "--tau", "0.8", "--seed", "3",
@@ -289,7 +291,7 @@ def test_grayscale_pairs_are_scored_on_the_gray_files_sdflow_writes(tmp_path, ti
         written, reference = read_image(tmp_path / direction / f"g_{direction}.png"), read_image(truth / "g.png")
         assert written.grayscale
         row = next(r for r in getattr(res, f"{direction}_rows") if r["method"] == "sdflow")
-        border = evaluate.SR_BORDER if direction == "sr" else 0
+        border = evaluation.SR_BORDER if direction == "sr" else 0
         assert row["psnr_rgb"] == pytest.approx(
             metrics.psnr(quantize(written.rgb), quantize(reference.rgb), crop_border=border), abs=1e-9)
 
@@ -310,14 +312,14 @@ def test_identical_sr_gives_inf_and_ssim_one(tmp_path, tiny_model_path):
     gt = to_tensor(read_image(hr_dir / "a.png").rgb)
     model = sdflow.load(tiny_model_path)
     model.super_resolve = lambda lr, tau=0.8, generator=None, **kw: gt.clone()
-    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
-    res = evaluate.run_evaluation(pairs, model, taus=[0.0, 0.5], direction="sr", progress=False,
+    pairs = evaluation.match_folders(hr_dir, lr_dir).pairs
+    res = evaluation.run_evaluation(pairs, model, taus=[0.0, 0.5], direction="sr", progress=False,
                                   crop_size=32, log=lambda m: None)
     rows = [r for r in res.sr_mean if r["method"] == "sdflow"]
     assert all(r["psnr_y"] == math.inf and r["psnr_rgb"] == math.inf for r in rows)
     assert all(r["ssim_y"] == 1.0 and r["ssim_rgb"] == 1.0 for r in rows)
-    assert "inf" in evaluate.summary_text(res)
-    paths = evaluate.write_outputs(res, tmp_path / "out")
+    assert "inf" in evaluation.summary_text(res)
+    paths = evaluation.write_outputs(res, tmp_path / "out")
     doc = json.loads(paths["results.json"].read_text())   # strict JSON: no bare Infinity
     assert doc["sr"]["mean"][1]["psnr_y"] == "inf"
     assert read_csv(paths["sr_mean.csv"])[1]["psnr_y"] == "inf"
@@ -339,7 +341,7 @@ def test_model_failure_skips_the_pair_only(tmp_path, tiny_model_path):
 
     model.downscale = flaky
     messages = []
-    res = evaluate.run_evaluation(evaluate.match_folders(hr_dir, lr_dir).pairs, model, taus=[0.0],
+    res = evaluation.run_evaluation(evaluation.match_folders(hr_dir, lr_dir).pairs, model, taus=[0.0],
                                   progress=False, log=messages.append)
     assert res.skipped == [("a", "DS at tau 0 failed (RuntimeError: out of memory (simulated))")]
     assert any(m.startswith("skipped a: DS at tau 0 failed") for m in messages)
@@ -350,18 +352,18 @@ def test_model_failure_skips_the_pair_only(tmp_path, tiny_model_path):
 
 def test_lpips_column_only_with_weights(tmp_path):
     hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"), hw=(128, 128))
-    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
+    pairs = evaluation.match_folders(hr_dir, lr_dir).pairs
     messages = []
-    res = evaluate.run_evaluation(pairs, None, progress=False, log=messages.append, report_images=0)
+    res = evaluation.run_evaluation(pairs, None, progress=False, log=messages.append, report_images=0)
     assert len([m for m in messages if "LPIPS" in m]) == 1
     assert "lpips" not in [c.key for c in res.columns("sr")]
-    paths = evaluate.write_outputs(res, tmp_path / "out")
+    paths = evaluation.write_outputs(res, tmp_path / "out")
     assert "lpips" not in json.loads(paths["results.json"].read_text())["sr"]["columns"]
     assert "LPIPS" not in md_table(paths["results.md"].read_text(), "## Super")[0]
 
     # A state dict in the lpips package's layout (random weights: the check is the wiring).
     torch.manual_seed(0)
-    net = evaluate.LPIPS("alex")
+    net = evaluation.LPIPS("alex")
     state = {}
     for k, v in net.state_dict().items():
         if k.startswith("features."):
@@ -371,12 +373,12 @@ def test_lpips_column_only_with_weights(tmp_path):
         else:
             state[f"lin{k.split('.')[1]}.model.1.weight"] = v.abs()
     torch.save(state, tmp_path / "lpips.pth")
-    loaded = evaluate.load_lpips(tmp_path / "lpips.pth")
+    loaded = evaluation.load_lpips(tmp_path / "lpips.pth")
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert loaded(x, x).item() == 0.0
     assert loaded(x, -x).item() > 0
     messages.clear()
-    res = evaluate.run_evaluation(pairs, None, lpips=tmp_path / "lpips.pth", progress=False,
+    res = evaluation.run_evaluation(pairs, None, lpips=tmp_path / "lpips.pth", progress=False,
                                   log=messages.append, report_images=0)
     assert not [m for m in messages if "LPIPS" in m]
     assert "lpips" in [c.key for c in res.columns("sr")]
@@ -385,7 +387,7 @@ def test_lpips_column_only_with_weights(tmp_path):
     del state["lin4.model.1.weight"]
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="lins.4.weight"):
-        evaluate.load_lpips(tmp_path / "broken.pth")
+        evaluation.load_lpips(tmp_path / "broken.pth")
 
 
 def test_match_folders_by_relative_stem(tmp_path):
@@ -393,7 +395,7 @@ def test_match_folders_by_relative_stem(tmp_path):
         for n in names:
             (tmp_path / side / n).parent.mkdir(parents=True, exist_ok=True)
             PILImage.fromarray(smooth(8, 8, 0)).save(tmp_path / side / n)
-    m = evaluate.match_folders(tmp_path / "HR", tmp_path / "LR")
+    m = evaluation.match_folders(tmp_path / "HR", tmp_path / "LR")
     assert [p.name for p in m.pairs] == ["b", "s/a"]
     assert m.unmatched_lr == ["e.png"] and m.unmatched_hr == []
     # d is ambiguous in HR, so neither HR file nor LR's d.png is used, and all three are listed.
@@ -404,7 +406,7 @@ def test_match_folders_by_relative_stem(tmp_path):
 def test_sample_pairs_match_sdflow_degrade(tmp_path):
     from sdflow.data.degrade import sample_images
 
-    pairs = evaluate.sample_pairs()
+    pairs = evaluation.sample_pairs()
     assert [p.name for p in pairs] == [p.stem for p in sample_images()]
     first = sample_images()[0]
     (tmp_path / "in").mkdir()
@@ -431,38 +433,39 @@ def test_plot_and_ticks():
 def test_every_tau_and_sample_of_an_image_shares_its_condition(tmp_path, tiny_model_path, monkeypatch):
     """The condition does not depend on tau: eval makes it once per image and direction, and the
     scores are those of separate calls."""
-    from sdflow.fast import FastSDFlow
+    from sdflow.model import SDFlow
 
     hr_dir, lr_dir = make_pairs(tmp_path, names=("a", "b"))
-    pairs = evaluate.match_folders(hr_dir, lr_dir).pairs
-    model = FastSDFlow(sdflow.load(tiny_model_path))
+    pairs = evaluation.match_folders(hr_dir, lr_dir).pairs
+    model = sdflow.load(tiny_model_path)
     made = []
     for maker in ("sr_condition", "ds_condition"):
-        real = getattr(FastSDFlow, maker)
-        monkeypatch.setattr(FastSDFlow, maker, lambda self, x, real=real, maker=maker: made.append(maker) or real(self, x))
+        real = getattr(SDFlow, maker)
+        monkeypatch.setattr(SDFlow, maker, lambda self, x, precision=None, real=real, maker=maker:
+                            made.append(maker) or real(self, x, precision))
 
     def scores(res):
         return [{k: v for k, v in r.items() if k != "seconds"} for r in res.sr_rows + res.ds_rows]
 
     kw = dict(taus=[0.0, 0.7], samples=2, progress=False, report_images=0, log=lambda m: None)
-    shared = evaluate.run_evaluation(pairs, model, **kw)
+    shared = evaluation.run_evaluation(pairs, model, **kw)
     assert sorted(made) == ["ds_condition"] * 2 + ["sr_condition"] * 2  # 2 images, not 2 x 2 taus x 2 samples
     ours = [r for r in shared.sr_rows if r["method"] == "sdflow" and r["image"] == "a"]
     assert len(ours) == 2 and ours[0]["seconds"] == ours[1]["seconds"] > 0  # seconds per output, spread
     monkeypatch.setattr("sdflow.tiling.DEFAULT_CONDITIONS_BUDGET", 0)
     made.clear()
-    separate = evaluate.run_evaluation(pairs, model, **kw)
+    separate = evaluation.run_evaluation(pairs, model, **kw)
     assert len(made) == 16
     assert scores(shared) == scores(separate)
 
 
 def test_colour_shift_is_the_largest_channel_mean_difference_in_levels():
     a = smooth(24, 32, 0)
-    assert evaluate.colour_shift(a, a) == 0
+    assert evaluation.colour_shift(a, a) == 0
     tinted = a.astype(np.int16)
     tinted[..., 2] += 3  # +3 levels of blue: invisible in PSNR-Y on texture, 3 here
     tinted[..., 0] -= 1
-    assert evaluate.colour_shift(np.clip(tinted, 0, 255).astype(np.uint8), a) == pytest.approx(3, abs=0.05)
+    assert evaluation.colour_shift(np.clip(tinted, 0, 255).astype(np.uint8), a) == pytest.approx(3, abs=0.05)
     gray = a[..., 0]
-    assert evaluate.colour_shift(np.clip(gray.astype(int) + 2, 0, 255).astype(np.uint8), gray) == \
+    assert evaluation.colour_shift(np.clip(gray.astype(int) + 2, 0, 255).astype(np.uint8), gray) == \
         pytest.approx(2, abs=0.05)

@@ -139,20 +139,20 @@ def test_a_memory_error_while_decoding_fails_that_file_only(tmp_path, tiny_model
 
 
 def test_a_memory_error_while_processing_fails_that_file_only(tmp_path, tiny_model_path, monkeypatch, capsys):
-    from sdflow.fast import FastSDFlow
+    from sdflow.model import SDFlow
 
     (tmp_path / "in").mkdir()
     PILImage.fromarray(rgb(8, 8)).save(tmp_path / "in" / "a.png")
     PILImage.fromarray(rgb(16, 8)).save(tmp_path / "in" / "b.png")
     PILImage.fromarray(rgb(8, 8, 1)).save(tmp_path / "in" / "c.png")
-    real = FastSDFlow.super_resolve
+    real = SDFlow.super_resolve
 
     def starved(self, x, *args, **kw):
         if x.shape[-2] == 16:
             raise MemoryError
         return real(self, x, *args, **kw)
 
-    monkeypatch.setattr(FastSDFlow, "super_resolve", starved)
+    monkeypatch.setattr(SDFlow, "super_resolve", starved)
     assert sdflow("sr", "-q", "-i", tmp_path / "in", "-o", tmp_path / "out", "--model", tiny_model_path) == 1
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_sr.png", "c_sr.png"]
     assert "b.png: out of memory while processing it" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Tiled SR / DS: tile geometry, seamless blending, shared noise, and the tiled-vs-untiled bound."""
+"""Tiled SR / DS through the pipeline: tile geometry, seamless blending, shared noise, and the
+tiled-vs-untiled bound."""
 import copy
 import math
 
@@ -7,11 +8,24 @@ import torch
 import torch.nn.functional as F
 
 from sdflow.config import ModelConfig
-from sdflow.fast import FastSDFlow
-from sdflow.model import deg_latent_shape, hf_latent_shape, padded_hr_size
+from sdflow.model import SDFlow, deg_latent_shape, hf_latent_shape, padded_hr_size
+from sdflow.pipeline import Pipeline
 from sdflow.tiling import (DEFAULT_DS_TILE_PAD, DEFAULT_SR_TILE_PAD, auto_tile, condition_memory, estimate_memory,
-                           plan_tiles, tiled_downscale, tiled_super_resolve)
-from test_fast_path import perturbed, seeded
+                           plan_tiles)
+from test_fused import perturbed, seeded
+
+
+def tiled_super_resolve(model, lr, tile, pad, tau=0.8, generator=None, hf_latent=None, **kw):
+    """SR of `lr` through a pipeline that tiles it (tile None: whole)."""
+    pipe = Pipeline(model, "fp64" if model.dtype == torch.float64 else "fp32", tile=tile or 0, tile_pad=pad)
+    if hf_latent is not None:
+        return pipe.prepare(lr, keep=False).super_resolve(hf_latent=hf_latent)
+    return pipe.super_resolve(lr, tau, generator=generator, **kw)
+
+
+def tiled_downscale(model, hr, tile, pad, tau=0.8, component=None, sampler="image", generator=None, **kw):
+    pipe = Pipeline(model, "fp32", tile=tile or 0, tile_pad=pad)
+    return pipe.downscale(hr, tau, generator=generator, component=component, sampler=sampler, **kw)
 
 
 def levels(a, b):
@@ -47,18 +61,29 @@ class Upsampler:
     then reproduce the untiled one exactly, which checks the blending weights (they must sum to
     1 everywhere) and that every tile gets its own crop of the image and of the noise field."""
 
+    device, dtype = torch.device("cpu"), torch.float32
+
+    def sampling_precision(self, precision=None):
+        return "fp32"
+
+    def sr_condition(self, lr, precision=None):
+        return None
+
+    ds_condition = sr_condition
+
     def sample_hf_latent(self, lr, tau=0.8, generator=None):
         return torch.randn(hf_latent_shape(lr.shape), generator=generator) * tau
 
     def sample_deg_latent(self, hr, tau=0.8, component=None, sampler="image", generator=None):
         return torch.randn(deg_latent_shape(hr.shape), generator=generator) * tau
 
-    def super_resolve(self, lr, tau=0.8, generator=None, hf_latent=None):
+    def super_resolve(self, lr, tau=0.8, generator=None, hf_latent=None, condition=None, precision=None):
         if hf_latent is None:
             hf_latent = self.sample_hf_latent(lr, tau, generator)
         return F.interpolate(lr + hf_latent[:, :3], scale_factor=4, mode="nearest")
 
-    def downscale(self, hr, tau=0.8, component=None, sampler="image", deg_latent=None, generator=None):
+    def downscale(self, hr, tau=0.8, component=None, sampler="image", deg_latent=None, generator=None,
+                  condition=None, precision=None):
         h, w = hr.shape[-2:]
         if deg_latent is None:
             deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
@@ -85,14 +110,13 @@ def test_ds_tiles_blend_to_the_untiled_result_for_a_local_model(tile, pad):
 
 
 def test_float64_images_draw_the_float32_models_noise_tiled_batched_or_whole(tiny):
-    from sdflow.batching import batched_super_resolve
-
     lr = torch.rand(1, 3, 24, 24, dtype=torch.float64) * 2 - 1
     whole = tiny.super_resolve(lr.float(), 0.8, seeded(3))
     assert torch.equal(tiny.super_resolve(lr, 0.8, seeded(3)), whole)
     assert tiny.sample_hf_latent(lr, 0.8, seeded(3)).dtype == torch.float32
     assert torch.allclose(tiled_super_resolve(tiny, lr, 12, 4, 0.8, seeded(3)), whole, atol=0.05)
-    assert torch.allclose(batched_super_resolve(tiny, [lr], tau=0.8, generators=[seeded(3)])[0], whole, atol=1e-5)
+    batched = Pipeline(tiny, "fp32", tile=0).prepare(torch.cat([lr, lr])).super_resolve(0.8, seed=[3, 3])
+    assert torch.allclose(batched[:1], whole, atol=1e-5) and torch.allclose(batched[1:], whole, atol=1e-5)
 
 
 def test_tiled_output_has_the_models_dtype(tiny):
@@ -115,7 +139,7 @@ def test_one_tile_is_the_untiled_call_with_the_same_noise(tiny):
 
 def test_tau0_bound_tiny():
     """The tiled-vs-untiled bound at the default context (docs/performance.md)."""
-    model = FastSDFlow(perturbed(seed=1))
+    model = perturbed(seed=1)
     lr = torch.rand(1, 3, 40, 56) * 2 - 1
     ref = model.super_resolve(lr, 0.0)
     out = tiled_super_resolve(model, lr, 16, DEFAULT_SR_TILE_PAD, 0.0)
@@ -132,7 +156,7 @@ def test_tau0_bound_tiny():
 
 @pytest.mark.parametrize("mode", ["sr", "ds"])
 def test_noise_agrees_across_tilings(tiny, mode):
-    fast = FastSDFlow(tiny)
+    fast = tiny
     if mode == "sr":
         x = torch.rand(1, 3, 36, 44) * 2 - 1
         run = lambda t, p: tiled_super_resolve(fast, x, t, p, 0.9, seeded(11))  # noqa: E731
@@ -153,7 +177,7 @@ def test_noise_agrees_across_tilings(tiny, mode):
 
 
 def test_paper_preset_small_image_bound():
-    model = FastSDFlow(perturbed("paper"))
+    model = perturbed("paper")
     lr = torch.rand(1, 3, 40, 48) * 2 - 1
     ref = model.super_resolve(lr, 0.8, seeded(0))
     out = tiled_super_resolve(model, lr, 20, DEFAULT_SR_TILE_PAD, 0.8, seeded(0))
@@ -163,11 +187,13 @@ def test_paper_preset_small_image_bound():
 
 def test_bad_tiles_are_refused(tiny):
     with pytest.raises(ValueError, match="at least 8"):
-        tiled_super_resolve(tiny, torch.zeros(1, 3, 20, 20), tile=4)
+        Pipeline(tiny, tile=4).super_resolve(torch.zeros(1, 3, 20, 20))
     with pytest.raises(ValueError, match="at least 16"):
-        tiled_downscale(tiny, torch.zeros(1, 3, 64, 64), tile=8)
+        Pipeline(tiny, tile=8).downscale(torch.zeros(1, 3, 64, 64))
     with pytest.raises(ValueError, match="tile_pad"):
-        tiled_super_resolve(tiny, torch.zeros(1, 3, 20, 20), tile=8, tile_pad=-1)
+        Pipeline(tiny, tile=8, tile_pad=-1)
+    with pytest.raises(ValueError, match="tile must be"):
+        Pipeline(tiny, tile=-8)
 
 
 def test_auto_tile_keeps_within_the_budget():
@@ -182,41 +208,44 @@ def test_auto_tile_keeps_within_the_budget():
     # Smaller models and lower precision need less memory per pixel.
     assert estimate_memory(ModelConfig.preset("tiny")) < estimate_memory(paper)
     assert estimate_memory(paper, precision="bf16") < estimate_memory(paper)
-    assert auto_tile(FastSDFlow(perturbed()), 100, 100) is None  # a model is accepted for its config
+    assert auto_tile(perturbed(), 100, 100) is None  # a model is accepted for its config
 
 
 @pytest.mark.parametrize("mode", ["sr", "ds"])
 def test_tiles_keep_their_conditions_for_the_next_sample(tiny, mode, monkeypatch):
-    """With a `conditions` dict, each tile's condition is made for the first sample only, and
-    every sample is still exactly the one drawn without it."""
-    fast = FastSDFlow(tiny)
+    """A prepared image makes each tile's condition for the first sample only, and every sample is
+    still exactly the one drawn without keeping them."""
     made = []
     maker = "sr_condition" if mode == "sr" else "ds_condition"
-    real = getattr(FastSDFlow, maker)
-    monkeypatch.setattr(FastSDFlow, maker, lambda self, x: made.append(tuple(x.shape)) or real(self, x))
+    real = getattr(SDFlow, maker)
+    monkeypatch.setattr(SDFlow, maker, lambda self, x, precision=None: made.append(tuple(x.shape)) or real(self, x, precision))
     if mode == "sr":
-        x = torch.rand(1, 3, 36, 44) * 2 - 1
-        run = lambda seed, c: tiled_super_resolve(fast, x, 16, 8, 0.9, seeded(seed), conditions=c)  # noqa: E731
+        pipe, x = Pipeline(tiny, "fp32", tile=16, tile_pad=8), torch.rand(1, 3, 36, 44) * 2 - 1
+        run = lambda image, seed: image.super_resolve(0.9, seed)  # noqa: E731
     else:
-        x = torch.rand(1, 3, 136, 168) * 2 - 1
-        run = lambda seed, c: tiled_downscale(fast, x, 48, 32, 0.9, generator=seeded(seed), conditions=c)  # noqa: E731
-    conditions = {}
-    first = run(1, conditions)
+        pipe, x = Pipeline(tiny, "fp32", tile=48, tile_pad=32), torch.rand(1, 3, 136, 168) * 2 - 1
+        run = lambda image, seed: image.downscale(0.9, seed)  # noqa: E731
+    image = pipe.prepare(x)
+    first = run(image, 1)
     tiles = len(made)
-    assert tiles > 1 and len(conditions) == tiles
-    second = run(2, conditions)
+    assert tiles > 1 and image.shares(mode)
+    second = run(image, 2)
     assert len(made) == tiles  # no tile's condition made again
     made.clear()
-    assert torch.equal(first, run(1, None)) and torch.equal(second, run(2, None))
-    assert len(made) == 2 * tiles  # without the dict, every sample makes them again
+    alone = pipe.prepare(x, keep=False)
+    assert torch.equal(first, run(alone, 1)) and torch.equal(second, run(alone, 2))
+    assert len(made) == 2 * tiles  # without keeping them, every sample makes them again
     assert levels(first, second)[1] > 0.5  # two different samples
+    # Over the budget, they are made again for every sample: memory stays bounded.
+    made.clear()
+    small = Pipeline(tiny, "fp32", tile=pipe.tile, tile_pad=pipe.tile_pad, conditions_budget=0).prepare(x)
+    assert not small.shares(mode) and torch.equal(run(small, 1), first) and len(made) == tiles
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_condition_memory_is_what_a_condition_holds(tiny, precision):
-    fast = FastSDFlow(tiny, precision)
     lr, hr = torch.rand(1, 3, 24, 40) * 2 - 1, torch.rand(1, 3, 96, 160) * 2 - 1
-    for mode, x, c in (("sr", lr, fast.sr_condition(lr)), ("ds", hr, fast.ds_condition(hr))):
+    for mode, x, c in (("sr", lr, tiny.sr_condition(lr, precision)), ("ds", hr, tiny.ds_condition(hr, precision))):
         held = c.content.numel() * c.content.element_size() + c.features.numel() * c.features.element_size()
         assert condition_memory(tiny.config, *x.shape[-2:], mode, precision) == pytest.approx(1.25 * held)
 

@@ -4,6 +4,10 @@
     model = sdflow.load("model.safetensors")      # or the authors' folder of .pth files
     sr = model.super_resolve(lr, tau=0.8)          # [B,3,h,w] in [-1,1] -> [B,3,4h,4w]
     lr = model.downscale(hr, tau=0.8)              # [B,3,H,W] -> [B,3,ceil(H/4),ceil(W/4)]
+    pipe = sdflow.Pipeline.load("model.safetensors", precision="auto")   # any size, tiles, batches
+    sr = pipe.super_resolve(big_lr, tau=0.8, seed=0)
+
+docs/architecture.md maps the modules.
 """
 __version__ = "0.1.0"
 
@@ -18,7 +22,10 @@ def __getattr__(name):
     if name == "load":
         from sdflow.checkpoints import load
         return load
+    if name == "Pipeline":
+        from sdflow.pipeline import Pipeline
+        return Pipeline
     raise AttributeError(f"module 'sdflow' has no attribute {name!r}")
 
 
-__all__ = ["ModelConfig", "SDFlow", "load", "__version__"]
+__all__ = ["ModelConfig", "SDFlow", "Pipeline", "load", "__version__"]

@@ -19,7 +19,7 @@ COMMANDS = [
     ("convert", "convert", "convert the authors' .pth checkpoints into one .safetensors file"),
     ("degrade", "degrade", "make degraded LR / paired test sets from HR photos"),
     ("train", "train", "train SDFlow on unpaired HR and LR folders"),
-    ("eval", "evaluate", "evaluate SR and DS on paired folders, with bicubic baselines and an HTML report"),
+    ("eval", "eval", "evaluate SR and DS on paired folders, with bicubic baselines and an HTML report"),
 ]
 
 

@@ -1,9 +1,30 @@
-"""Architecture sizes of SDFlow, with the authors' model as the `paper` preset."""
+"""Architecture sizes of SDFlow (the authors' model is the `paper` preset), and the constants
+that every part of sdflow shares. No torch here: the command line parses its options from this
+module without loading torch."""
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, fields
+
+# SR / DS factor, fixed by the architecture (two squeezes in f_HR).
+SCALE = 4
+# torch.Generator.manual_seed takes an unsigned 64-bit integer; sample k is drawn with seed + k.
+MAX_SEED = 2**64 - 1
+
+
+def seed_range_error(seed: int, samples: int):
+    """Why sample seeds seed .. seed + samples - 1 do not all fit torch's generator, or None."""
+    last = int(seed) + int(samples) - 1
+    if last <= MAX_SEED:
+        return None
+    return (f"seed {seed} with {samples} sample(s) would use seeds up to {last}, above {MAX_SEED} "
+            "(2^64 - 1), the largest seed torch accepts; sample k is drawn with seed + k")
+
+
+# Arithmetic of sampling (`sdflow.nets.precision.DTYPES`): "auto" is bf16 where the hardware
+# multiplies bfloat16 natively, else fp32 (`sdflow.nets.precision.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
 
 
 @dataclass(frozen=True)

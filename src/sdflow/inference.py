@@ -20,6 +20,9 @@ device, so a file's outputs depend only on (model, image, options, seed, k): not
 files are in the batch or their order. A consequence worth knowing: sample k of seed S equals
 sample 0 of seed S + k. The same seed on another device type (CPU vs CUDA) gives other noise.
 
+The model runs through a `sdflow.pipeline.Pipeline` (precision, tiling, the conditions that the
+samples of one image share); this module reads, names and writes the files around it.
+
 A file fails on its own (unreadable, too large for the memory available, out of memory, model
 error, non-finite output, unwritable) and the batch goes on; problems with the request as a whole
 raise InferenceError before anything is written.
@@ -39,8 +42,10 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from sdflow.config import SCALE, seed_range_error
 from sdflow.imageio import (ImageReadError, downscale_alpha, find_images, from_tensor, partial_path,
                             read_image, to_tensor, upscale_alpha, write_image)
+from sdflow.pipeline import Pipeline, Prepared
 from sdflow.resize import resize
 
 __all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_extension", "processing_memory",
@@ -49,19 +54,7 @@ __all__ = ["InferenceError", "Options", "Job", "FileResult", "Summary", "output_
 MODES = ("sr", "ds")
 EXTS = ("auto", "png", "jpg")
 SAMPLERS = ("image", "element")
-SCALE = 4
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
-# torch.Generator.manual_seed takes an unsigned 64-bit integer.
-MAX_SEED = 2**64 - 1
-
-
-def seed_range_error(seed: int, samples: int) -> Optional[str]:
-    """Why sample seeds seed .. seed + samples - 1 do not all fit torch's generator, or None."""
-    last = int(seed) + int(samples) - 1
-    if last <= MAX_SEED:
-        return None
-    return (f"seed {seed} with {samples} sample(s) would use seeds up to {last}, above {MAX_SEED} "
-            "(2^64 - 1), the largest seed torch accepts; sample k is drawn with seed + k")
 
 
 class InferenceError(ValueError):
@@ -79,8 +72,6 @@ class Options:
     ext: str = "auto"                  # "auto" | "png" | "jpg"
     component: Optional[Sequence[int]] = None   # ds: mixture components to draw from (None: all)
     sampler: str = "image"             # ds: "image" | "element"
-    tile: Union[int, str] = "auto"     # input pixels per tile; "auto": only as memory needs; 0: never
-    tile_pad: Optional[int] = None     # context around each tile (None: tiling's defaults)
     workers: int = 0                   # threads decoding the next images while one computes
     batch_size: int = 1                # consecutive same-size, untiled images run together
     skip_existing: bool = False        # outputs already on disk are kept, not made again (resume)
@@ -103,17 +94,6 @@ class Options:
             raise InferenceError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.suffix is not None and any(c in self.suffix for c in "/\\\0"):
             raise InferenceError(f"suffix must not contain path separators, got {self.suffix!r}")
-        if self.tile != "auto" and (int(self.tile) != self.tile or self.tile < 0):
-            raise InferenceError(f"tile must be 'auto' or a whole number >= 0, got {self.tile!r}")
-        if self.tile != "auto" and self.tile:
-            from sdflow.tiling import MIN_DS_TILE, MIN_SR_TILE
-
-            least = MIN_SR_TILE if self.mode == "sr" else MIN_DS_TILE
-            if self.tile < least:
-                raise InferenceError(f"tile must be 0 (no tiling) or at least {least} input pixels for "
-                                     f"{self.mode}, got {self.tile}")
-        if self.tile_pad is not None and (int(self.tile_pad) != self.tile_pad or self.tile_pad < 0):
-            raise InferenceError(f"tile_pad must be a whole number >= 0, got {self.tile_pad!r}")
         if int(self.workers) != self.workers or self.workers < 0:
             raise InferenceError(f"workers must be a whole number >= 0, got {self.workers!r}")
         if int(self.batch_size) != self.batch_size or self.batch_size < 1:
@@ -298,31 +278,37 @@ def _collision(job: Job, out: Path, others: List[tuple], options: Options) -> st
 
 # ----- running ------------------------------------------------------------------------------
 
-def _generator(model, options: Options, k: int) -> torch.Generator:
-    generator = torch.Generator(device=model.device)
-    generator.manual_seed(int(options.seed) + k)
-    return generator
-
-
-def sample(model, x: torch.Tensor, options: Options, k: int, conditions: Optional[dict] = None,
-           progress: bool = False) -> torch.Tensor:
-    """Sample k for the [1,3,H,W] image x in [-1, 1]: the raw model output. `conditions`: a dict
-    passed with every sample of x, in which what the samples share (the image's or each tile's
-    condition: E and f_HF's condition network for SR, z_c and f_Deg's for DS) is made once.
-    `progress`: a bar over the tiles of a tiled image."""
-    from sdflow.tiling import _conditioned
-
-    generator = _generator(model, options, k)
-    with torch.inference_mode():
-        tile = _tile_size(model, x, options)
-        if tile is not None:
-            return _tiled(model, x, options, tile, generator, conditions, progress,
-                          f"tiles, sample {k}" if options.samples > 1 else "tiles")
+def sample(prepared: Prepared, options: Options, k: int, progress: bool = False) -> torch.Tensor:
+    """Sample k of the prepared image (or batch: each image with its own generator) in [-1, 1],
+    the raw model output: drawn with seed `options.seed + k`. `progress`: a bar over the tiles
+    of a tiled image."""
+    n = prepared.x.shape[0]
+    seed = options.seed + k if n == 1 else [options.seed + k] * n
+    with _tiles_bar(prepared.tile(options.mode) is not None and progress,
+                    f"tiles, sample {k}" if options.samples > 1 else "tiles") as on_tile:
         if options.mode == "sr":
-            return model.super_resolve(x, tau=options.tau, generator=generator,
-                                       **_conditioned(model, "sr", conditions, "whole", x))
-        return model.downscale(x, tau=options.tau, component=options.component, sampler=options.sampler,
-                               generator=generator, **_conditioned(model, "ds", conditions, "whole", x))
+            return prepared.super_resolve(options.tau, seed, on_tile=on_tile)
+        return prepared.downscale(options.tau, seed, component=options.component, sampler=options.sampler,
+                                  on_tile=on_tile)
+
+
+@contextlib.contextmanager
+def _tiles_bar(show: bool, desc: str):
+    """on_tile for the pipeline: a second bar, under the images' one, that counts a large
+    image's tiles (it takes minutes); None when not shown."""
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=desc, unit=" tile", leave=False, file=sys.stderr, dynamic_ncols=True) as bar:
+        def on_tile(done, total):
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+
+        yield on_tile
 
 
 def _output_size(image, options: Options) -> Optional[tuple]:
@@ -333,59 +319,8 @@ def _output_size(image, options: Options) -> Optional[tuple]:
     return max(1, round(h * options.outscale)), max(1, round(w * options.outscale))
 
 
-def _shared_conditions(model, x: torch.Tensor, options: Options, n: int, images: int = 1) -> Optional[dict]:
-    """An empty dict in which the n samples of x (or of `images` images of x's size) keep what they
-    share, made with the first sample and reused by the others; None for one sample, or when the
-    conditions would be too large to keep (a huge image)."""
-    from sdflow.fast import FastSDFlow
-    from sdflow.tiling import DEFAULT_CONDITIONS_BUDGET, condition_memory
-
-    if n < 2:
-        return None
-    precision = model.precision if isinstance(model, FastSDFlow) else "fp32"
-    need = images * condition_memory(model.config, x.shape[-2], x.shape[-1], options.mode, precision)
-    return {} if need <= DEFAULT_CONDITIONS_BUDGET else None
-
-
-def _tile_size(model, x: torch.Tensor, options: Options) -> Optional[int]:
-    """None runs the image whole. Tiling draws the same noise as the whole-image call, so it
-    changes memory use, not the sample."""
-    from sdflow.fast import FastSDFlow
-    from sdflow.tiling import auto_tile
-
-    if options.tile == "auto":
-        fast = isinstance(model, FastSDFlow)
-        return auto_tile(model.config, x.shape[-2], x.shape[-1], options.mode,
-                         precision=model.precision if fast else "fp32", fast=fast)
-    return int(options.tile) or None
-
-
-def _tiled(model, x, options: Options, tile: int, generator, conditions: Optional[dict],
-           progress: bool, desc: str = "tiles") -> torch.Tensor:
-    from tqdm import tqdm
-
-    from sdflow import tiling
-
-    # A large image takes minutes: a second bar, under the images' one, counts its tiles.
-    with tqdm(desc=desc, unit=" tile", leave=False, disable=not progress, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        def on_tile(done, total):
-            if bar.total != total:
-                bar.total = total
-                bar.refresh()
-            bar.update(done - bar.n)
-
-        if options.mode == "sr":
-            pad = tiling.DEFAULT_SR_TILE_PAD if options.tile_pad is None else options.tile_pad
-            return tiling.tiled_super_resolve(model, x, tile, pad, options.tau, generator, conditions=conditions,
-                                              on_tile=on_tile)
-        pad = tiling.DEFAULT_DS_TILE_PAD if options.tile_pad is None else options.tile_pad
-        return tiling.tiled_downscale(model, x, tile, pad, options.tau, options.component, options.sampler,
-                                      generator, conditions=conditions, on_tile=on_tile)
-
-
-def processing_memory(model, options: Options) -> Callable[[int, int, int], int]:
-    """(width, height, bit depth) -> bytes that running `model` on an image of that size takes
+def processing_memory(pipeline: Pipeline, options: Options) -> Callable[[int, int, int], int]:
+    """(width, height, bit depth) -> bytes that running the pipeline on an image of that size takes
     beyond decoding it, for read_image to weigh against the memory available before it decodes:
     the input tensor and the temporaries of its scaling to [-1, 1]; per output pixel, the output
     tensor and its copy for writing, then the quantized samples and Pillow's copy of them (the
@@ -393,15 +328,9 @@ def processing_memory(model, options: Options) -> Callable[[int, int, int], int]
     many more); the activations of one model call (one tile's under tiling,
     `sdflow.tiling.estimate_memory`); the conditions several samples share. An estimate, meant
     to err high: 1.6x (sr) and 1.9x (ds) the measured peak for a 1000 x 1000 photo, bundled model."""
-    from sdflow.fast import FastSDFlow
-    from sdflow.tiling import (DEFAULT_CONDITIONS_BUDGET, DEFAULT_DS_TILE_PAD, DEFAULT_MEMORY_BUDGET,
-                               DEFAULT_SR_TILE_PAD, estimate_memory)
-
-    fast = isinstance(model, FastSDFlow)
-    per_pixel = estimate_memory(model.config, options.mode, model.precision if fast else "fp32", fast)
-    value = torch.finfo(model.dtype).bits // 8
-    pad = options.tile_pad if options.tile_pad is not None else (
-        DEFAULT_SR_TILE_PAD if options.mode == "sr" else DEFAULT_DS_TILE_PAD)
+    per_pixel = pipeline.memory_per_pixel(options.mode)
+    value = torch.finfo(pipeline.dtype).bits // 8
+    pad = pipeline.tile_pad_for(options.mode)
 
     def need(width: int, height: int, bit_depth: int) -> int:
         pixels = width * height
@@ -412,13 +341,13 @@ def processing_memory(model, options: Options) -> Callable[[int, int, int], int]
             out = pixels * (SCALE ** 2 + options.outscale ** 2)
         else:
             out = pixels * SCALE ** 2
-        if options.tile == "auto":
-            calls = min(pixels * per_pixel, DEFAULT_MEMORY_BUDGET)
-        elif options.tile:
-            calls = min(pixels, (options.tile + 2 * pad) ** 2) * per_pixel
+        if pipeline.tile == "auto":
+            calls = min(pixels * per_pixel, pipeline.memory_budget)
+        elif pipeline.tile:
+            calls = min(pixels, (pipeline.tile + 2 * pad) ** 2) * per_pixel
         else:
             calls = pixels * per_pixel
-        shared = DEFAULT_CONDITIONS_BUDGET if options.samples > 1 else 0
+        shared = pipeline.conditions_budget if options.samples > 1 else 0
         writer = 8 + (96 if bit_depth == 16 else 0)
         return int(3 * 3 * value * pixels + out * (2 * 3 * value + writer) + calls + shared)
 
@@ -438,7 +367,7 @@ def read_job(job: Job, need: Optional[Callable[[int, int, int], int]] = None):
         return f"cannot read: {type(e).__name__}: {e}"
 
 
-def process_file(model, job: Job, options: Options, image=None, x: Optional[torch.Tensor] = None,
+def process_file(pipeline: Pipeline, job: Job, options: Options, image=None, x: Optional[torch.Tensor] = None,
                  samples: Optional[Sequence[torch.Tensor]] = None, progress: bool = False) -> FileResult:
     """Read (unless `image`, read_job's answer, is given), run every sample (unless `samples`
     holds them already, one per output) on the image's tensor (`x` when already made), write.
@@ -451,7 +380,7 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
         result.error = image
         return result
     try:
-        return _process(model, job, options, image, x, samples, progress, result)
+        return _process(pipeline, job, options, image, x, samples, progress, result)
     except MemoryError:
         # numpy's and Pillow's allocations raise it; the arrays go with the frames, so the next
         # file starts with the memory back.
@@ -459,20 +388,22 @@ def process_file(model, job: Job, options: Options, image=None, x: Optional[torc
         return result
 
 
-def _process(model, job: Job, options: Options, image, x, samples, progress: bool,
+def _process(pipeline: Pipeline, job: Job, options: Options, image, x, samples, progress: bool,
              result: FileResult) -> FileResult:
-    if samples is None and x is None:
-        x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+    prepared = None
+    if samples is None:
+        if x is None:
+            x = to_tensor(image.rgb, device=pipeline.device, dtype=pipeline.dtype)
+        prepared = pipeline.prepare(x, keep=len(job.outputs) > 1)
     problems = []
     alpha = None
-    conditions = _shared_conditions(model, x, options, len(job.outputs)) if samples is None else None
     size = _output_size(image, options)
     for k, out in enumerate(job.outputs):
         label = f"sample {k}: " if len(job.outputs) > 1 else ""
         if options.skip_existing and out.is_file():
             continue  # written atomically by an earlier run, so complete
         try:
-            y = samples[k] if samples is not None else sample(model, x, options, k, conditions, progress)
+            y = samples[k] if samples is not None else sample(prepared, options, k, progress)
         except (RuntimeError, ValueError) as e:  # includes CUDA out-of-memory
             problems.append(f"{label}model failed ({type(e).__name__}: {e})")
             continue
@@ -539,24 +470,15 @@ def _prefetch(jobs: Sequence[Job], workers: int, need=None):
             gen.close()  # an interrupted run: drop what was read ahead, wait for running reads
 
 
-def _batched_samples(model, xs: List[torch.Tensor], options: Options, n: int) -> List[List[torch.Tensor]]:
+def _batched_samples(pipeline: Pipeline, xs: List[torch.Tensor], options: Options, n: int) -> List[List[torch.Tensor]]:
     """samples[i][k] for the same-size images xs: sample k of image i is drawn with its own
-    generator seeded seed + k, as `sample` draws it, so batching changes only float rounding."""
-    from sdflow.batching import batched_downscale, batched_super_resolve
-
-    per_k = []
-    conditions = _shared_conditions(model, xs[0], options, n, images=len(xs))  # the batch's, made once
-    for k in range(n):
-        gens = [_generator(model, options, k) for _ in xs]
-        if options.mode == "sr":
-            per_k.append(batched_super_resolve(model, xs, len(xs), options.tau, gens, conditions))
-        else:
-            per_k.append(batched_downscale(model, xs, len(xs), options.tau, options.component,
-                                           options.sampler, gens, conditions))
+    generator seeded seed + k, as `sample` draws it alone, so batching changes only float rounding."""
+    prepared = pipeline.prepare(torch.cat(xs), keep=n > 1)
+    per_k = [sample(prepared, options, k).split(1) for k in range(n)]
     return [[per_k[k][i] for k in range(n)] for i in range(len(xs))]
 
 
-def _groups(model, jobs: Sequence[Job], images, options: Options):
+def _groups(pipeline: Pipeline, jobs: Sequence[Job], images, options: Options):
     """Lists of (job, image, tensor) in job order: runs of consecutive readable images of one
     size that need no tiling, at most batch_size long; every other image alone. The tensor is
     None where none was made (batch_size 1, unreadable images)."""
@@ -565,10 +487,10 @@ def _groups(model, jobs: Sequence[Job], images, options: Options):
         x = None
         if options.batch_size > 1 and not isinstance(image, str):
             try:
-                x = to_tensor(image.rgb, device=model.device, dtype=model.dtype)
+                x = to_tensor(image.rgb, device=pipeline.device, dtype=pipeline.dtype)
             except MemoryError:
                 pass   # alone, where process_file reports it
-        batchable = x is not None and _tile_size(model, x, options) is None
+        batchable = x is not None and pipeline.tile_for(options.mode, *x.shape[-2:]) is None
         if group and (not batchable or x.shape != group[0][2].shape or len(group) == options.batch_size):
             yield group
             group = []
@@ -580,14 +502,14 @@ def _groups(model, jobs: Sequence[Job], images, options: Options):
         yield group
 
 
-def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
+def run(pipeline: Pipeline, jobs: Sequence[Job], options: Options, progress: bool = True,
         log: Optional[Callable[[str], None]] = None,
         ignored: Sequence[Tuple[Path, str]] = ()) -> Summary:
     """Process `jobs` with a progress bar; failures are logged as they happen (to stderr unless
     `log` is given) and collected in the summary, with the `ignored` paths (plan's)."""
     from tqdm import tqdm
 
-    _check_components(model, options)
+    _check_components(pipeline.model, options)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
     summary = Summary(ignored=list(ignored))
     # A run killed while writing leaves its hidden partial files; they are this run's to replace.
@@ -601,14 +523,14 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
         summary.skipped = [j.source for j in jobs if j.error is None and all(p.is_file() for p in j.outputs)]
         done = set(summary.skipped)
         jobs = [j for j in jobs if j.source not in done]
-    need = processing_memory(model, options)
+    need = processing_memory(pipeline, options)
     with tqdm(total=len(jobs), desc=options.mode, unit="img", disable=not progress,
               file=sys.stderr, dynamic_ncols=True) as bar, _prefetch(jobs, options.workers, need) as images:
-        for group in _groups(model, jobs, images, options):
+        for group in _groups(pipeline, jobs, images, options):
             samples = [None] * len(group)
             if len(group) > 1:
                 try:
-                    samples = _batched_samples(model, [x for _, _, x in group], options,
+                    samples = _batched_samples(pipeline, [x for _, _, x in group], options,
                                                len(group[0][0].outputs))
                 except (RuntimeError, ValueError, MemoryError) as e:
                     # One at a time instead: each image then succeeds or fails on its own.
@@ -616,7 +538,7 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
                         f"running its images one by one")
             for (job, image, x), ys in zip(group, samples):
                 bar.set_postfix_str(job.rel.as_posix()[-40:], refresh=False)
-                result = process_file(model, job, options, image, x, ys, progress)
+                result = process_file(pipeline, job, options, image, x, ys, progress)
                 for note in result.notes:
                     log(f"note: {job.source}: {note}")
                 if result.ok:
@@ -628,9 +550,9 @@ def run(model, jobs: Sequence[Job], options: Options, progress: bool = True,
     return summary
 
 
-def run_batch(model, input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
+def run_batch(pipeline: Pipeline, input_path: Union[str, Path], output_dir: Union[str, Path], options: Options,
               progress: bool = True, log: Optional[Callable[[str], None]] = None) -> Summary:
     """plan + run: every image of a file or folder into `output_dir`."""
     ignored: List[Tuple[Path, str]] = []
     jobs = plan(input_path, output_dir, options, ignored=ignored)
-    return run(model, jobs, options, progress=progress, log=log, ignored=ignored)
+    return run(pipeline, jobs, options, progress=progress, log=log, ignored=ignored)

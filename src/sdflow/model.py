@@ -1,6 +1,21 @@
-"""SDFlow: the five networks together, with super-resolution, downscaling and likelihoods."""
+"""SDFlow: the five networks together, with super-resolution, downscaling and likelihoods.
+
+Sampling (`super_resolve`, `downscale`, `sr_condition`, `ds_condition`) is written once, over
+eight steps (E, the two condition networks, f_HF^-1, f_HR^-1, z_c of f_HR, f_Deg^-1, f_LR^-1)
+that come either from the model's own modules or from their sampling form:
+
+- in eval mode, a float32 model samples through its sampling form, made from its own modules on
+  first use (`FusedFlow` for the flows, `fused_copy` for the networks: linear layers composed,
+  constants folded, channels-last, no log-determinants) and made again when its parameters
+  change or `train()` / `eval()` is called; `precision` "bf16" / "fp16" runs the non-invertible
+  networks of f_HR, f_HF and f_Deg in that type (E and f_LR stay float32, the flow state too);
+- in training mode, and for float64 or half-precision models, the modules themselves
+  (differentiable, the reference: tests/test_parity.py).
+"""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
@@ -9,12 +24,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sdflow.config import ModelConfig
+from sdflow.config import SCALE, ModelConfig
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow
+from sdflow.flows.layers import FusedFlow
 from sdflow.flows.mixture import GaussianMixturePrior
 from sdflow.nets.content import ContentExtractor
+from sdflow.nets.precision import DTYPES, ieee_float32, reduced_precision, resolve_precision
 
-SCALE = 4
 CONTENT_CHANNELS = 3
 HF_CHANNELS = 45
 # f_HR squeezes twice and f_Deg once more at LR size: HR sides must be multiples of 8.
@@ -24,6 +40,7 @@ MIN_HR_SIDE = 16
 MIN_LR_SIDE = 2
 # f_LR squeezes once, and its couplings reflect-pad at LR/2: the LR likelihood needs even sides >= 4.
 LR_MULTIPLE = 2
+_PRECISION_OF = {dtype: name for name, dtype in DTYPES.items()}
 
 
 class SDFlow(nn.Module):
@@ -45,6 +62,8 @@ class SDFlow(nn.Module):
                                      cond_channels=config.cond_channels, growth=config.rrdb_growth,
                                      hidden=hidden)
         self.deg_prior = GaussianMixturePrior(config.mixture_components)
+        # precision -> (the tensors it was made from, their (pointer, version), the _Fused form)
+        self._sampling_forms = {}
 
     @property
     def device(self) -> torch.device:
@@ -103,30 +122,39 @@ class SDFlow(nn.Module):
     def super_resolve(self, lr: torch.Tensor, tau: float = 0.8,
                       generator: Optional[torch.Generator] = None,
                       hf_latent: Optional[torch.Tensor] = None,
-                      condition: Optional["Condition"] = None) -> torch.Tensor:
+                      condition: Optional["Condition"] = None,
+                      precision: Optional[str] = None) -> torch.Tensor:
         """[B,3,h,w] -> [B,3,4h,4w]: y = f_HR^-1([z_c, f_HF^-1(z'_h; z_c)]), z_c = E(lr).
 
         z'_h ~ N(0, tau^2 I) is drawn by `sample_hf_latent` unless `hf_latent` gives it directly
         (then `tau` and `generator` are unused); its shape is that of `sample_hf_latent(lr)`.
-        `condition`: `sr_condition(lr)`, made once for several samples of one image.
+        `condition`: `sr_condition(lr)`, made once for several samples of one image (with the
+        same `precision`). `precision`: None (the model's own dtype), "fp32", "bf16", "fp16",
+        "fp64" or "auto" (`sdflow.nets.precision.resolve_precision`).
         """
         lr = _image_input(lr, "lr", self.dtype)
         h, w = lr.shape[-2:]
-        condition = _checked(condition, self, "sr", lr) or self.sr_condition(lr)
-        if hf_latent is None:
-            hf_latent = self.sample_hf_latent(lr, tau, generator)
-        _check_latent(hf_latent, hf_latent_shape(lr.shape), "hf_latent")
-        z_c = condition.content
-        z_h = self.f_hf.inverse(hf_latent.to(z_c.dtype), z_c, features=condition.features)[0]
-        return self.decode_hr(z_c, z_h)[..., :SCALE * h, :SCALE * w]
+        steps = self._steps(precision)
+        condition = _checked(condition, steps, "sr", lr) or self.sr_condition(lr, precision)
+        with steps.running():
+            if hf_latent is None:
+                hf_latent = self.sample_hf_latent(lr, tau, generator)
+            _check_latent(hf_latent, hf_latent_shape(lr.shape), "hf_latent")
+            z_c = condition.content
+            z_h = steps.hf_inverse(hf_latent.to(z_c.dtype), z_c, condition.features)
+            del condition  # when it is this call's own, f_HR^-1 (the peak) runs without it
+            y = steps.hr_inverse(torch.cat([z_c, z_h], dim=1))[..., :SCALE * h, :SCALE * w]
+        return steps.output(y)
 
     @torch.no_grad()
-    def sr_condition(self, lr: torch.Tensor) -> "Condition":
+    def sr_condition(self, lr: torch.Tensor, precision: Optional[str] = None) -> "Condition":
         """What every SR sample of `lr` shares: z_c = E(lr) and f_HF's condition network on it,
         most of an SR call's work; pass it to `super_resolve(lr, ..., condition=c)` for each sample."""
         lr = _image_input(lr, "lr", self.dtype)
-        z_c = self.content(padded_lr(lr))
-        return Condition("sr", tuple(lr.shape), z_c, self.f_hf.condition(z_c), id(self), image_fingerprint(lr))
+        steps = self._steps(precision)
+        with steps.running():
+            z_c = steps.content(padded_lr(lr))
+            return Condition("sr", tuple(lr.shape), z_c, steps.hf_condition(z_c), steps.maker, image_fingerprint(lr))
 
     def sample_hf_latent(self, lr: torch.Tensor, tau: float = 0.8,
                          generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -156,7 +184,8 @@ class SDFlow(nn.Module):
                   component: Optional[Union[int, Sequence[int]]] = None, sampler: str = "image",
                   deg_latent: Optional[torch.Tensor] = None,
                   generator: Optional[torch.Generator] = None,
-                  condition: Optional["Condition"] = None) -> torch.Tensor:
+                  condition: Optional["Condition"] = None,
+                  precision: Optional[str] = None) -> torch.Tensor:
         """[B,3,H,W] -> [B,3,ceil(H/4),ceil(W/4)]: x = f_LR^-1(z_c + f_Deg^-1(z'_d; z_c)).
 
         Any size works: the image is padded (edge replication) to a multiple of 8 (and at least
@@ -164,31 +193,76 @@ class SDFlow(nn.Module):
         "image" (one component per image, the authors' sampler) or "element"; `deg_latent`
         gives z'_d directly (its spatial size must match the padded image / 8).
         `condition`: `ds_condition(hr)`, made once for several samples of one image.
+        `precision`: as for `super_resolve`.
         """
         hr = _image_input(hr, "hr", self.dtype)
         h, w = hr.shape[-2:]
-        condition = _checked(condition, self, "ds", hr) or self.ds_condition(hr)
-        if deg_latent is None:
-            deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
-        _check_latent(deg_latent, deg_latent_shape(hr.shape), "deg_latent")
-        z_c = condition.content
-        z_d = self.f_deg.inverse(deg_latent.to(z_c.dtype), z_c, features=condition.features)[0]
-        x = self.f_lr.inverse(z_c + z_d)[0]
-        return x[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
+        steps = self._steps(precision)
+        condition = _checked(condition, steps, "ds", hr) or self.ds_condition(hr, precision)
+        with steps.running():
+            if deg_latent is None:
+                deg_latent = self.sample_deg_latent(hr, tau, component, sampler, generator)
+            _check_latent(deg_latent, deg_latent_shape(hr.shape), "deg_latent")
+            z_c = condition.content
+            z_d = steps.deg_inverse(deg_latent.to(z_c.dtype), z_c, condition.features)
+            del condition
+            x = steps.lr_inverse(z_d + z_c)[..., :math.ceil(h / SCALE), :math.ceil(w / SCALE)]
+        return steps.output(x)
 
     @torch.no_grad()
-    def ds_condition(self, hr: torch.Tensor) -> "Condition":
+    def ds_condition(self, hr: torch.Tensor, precision: Optional[str] = None) -> "Condition":
         """What every DS sample of `hr` shares: z_c of f_HR(hr) and f_Deg's condition network on
         it, most of a DS call's work; pass it to `downscale(hr, ..., condition=c)` for each sample."""
         hr = _image_input(hr, "hr", self.dtype)
-        z_c = self.hr_content(padded_hr(hr))
-        return Condition("ds", tuple(hr.shape), z_c, self.f_deg.condition(z_c), id(self), image_fingerprint(hr))
+        steps = self._steps(precision)
+        with steps.running():
+            z_c = steps.hr_content(padded_hr(hr))
+            return Condition("ds", tuple(hr.shape), z_c, steps.deg_condition(z_c), steps.maker, image_fingerprint(hr))
 
-    def fuse_for_inference(self, precision: str = "fp32", channels_last: Optional[bool] = None):
-        """A fused, inference-only copy for fast sampling (`sdflow.fast.FastSDFlow`); this model is
-        left as it is."""
-        from sdflow.fast import FastSDFlow
-        return FastSDFlow(self, precision, channels_last)
+    def sampling_precision(self, precision: Optional[str] = None) -> str:
+        """The precision that sampling with `precision` runs at: None (and "auto" for a model that
+        is not float32) is the model's own; "auto" is bf16 where the device multiplies it natively,
+        else fp32 (`sdflow.nets.precision.resolve_precision`); a float32 model also samples in
+        "bf16" / "fp16" (its networks in that type). ValueError for anything else."""
+        own = _PRECISION_OF.get(self.dtype)
+        if precision is None or (precision == "auto" and own != "fp32"):
+            return own
+        precision = resolve_precision(precision, self.device)
+        if precision != own and not (own == "fp32" and precision in ("bf16", "fp16")):
+            raise ValueError(f"precision {precision} needs a float32 model (fp64: a float64 one); this one is "
+                             f"{self.dtype} and samples at its own: load it with sdflow.load(..., dtype=...)")
+        return precision
+
+    def _steps(self, precision: Optional[str]):
+        """The eight sampling steps for `precision`: the modules themselves, or their sampling
+        form (made now when it is missing or its parameters have changed since)."""
+        precision = self.sampling_precision(precision)
+        if self.dtype != torch.float32:
+            return _ModuleSteps(self, None)
+        if self.training:
+            return _ModuleSteps(self, None if precision == "fp32" else DTYPES[precision])
+        made = self._sampling_forms.get(precision)
+        if made is None or [(t.data_ptr(), t._version) for t in made[0]] != made[1]:
+            tensors = list(self.parameters()) + list(self.buffers())
+            made = (tensors, [(t.data_ptr(), t._version) for t in tensors], _FusedSteps(self, precision))
+            self._sampling_forms[precision] = made
+        return made[2]
+
+    def train(self, mode: bool = True):
+        # Also the moment to drop the sampling forms: training changes the parameters (they
+        # would be made again anyway), and after weights are written through `.data` (which
+        # leaves version counters alone) `model.eval()` is what brings sampling up to date.
+        self._sampling_forms.clear()
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        # .to(), .double(), .cuda(): the forms made before are of the old tensors.
+        self._sampling_forms.clear()
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        # Copies and pickles of a model leave its sampling forms behind (made again on use).
+        return {**self.__dict__, "_sampling_forms": {}}
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
@@ -202,16 +276,123 @@ class Condition:
     shape: Tuple[int, ...]        # the image's shape
     content: torch.Tensor
     features: torch.Tensor
-    maker: int                    # id() of the model that made it
+    maker: object                 # who made it: the model and precision, or one sampling form
     fingerprint: Tuple[float, ...] = ()     # `image_fingerprint` of the image
 
 
-def _checked(condition: Optional[Condition], model, mode: str, image: torch.Tensor) -> Optional[Condition]:
+class _ModuleSteps:
+    """The sampling steps of the model's own modules (differentiable; the reference), with the
+    networks under `reduced_precision(net_dtype)` when one is given."""
+
+    def __init__(self, model: SDFlow, net_dtype: Optional[torch.dtype]):
+        self.m, self.net_dtype = model, net_dtype
+        self.maker = (id(model), str(net_dtype))
+
+    def running(self):
+        return reduced_precision(self.net_dtype) if self.net_dtype is not None else contextlib.nullcontext()
+
+    def output(self, y):
+        return y
+
+    def content(self, lr):
+        return self.m.content(lr)
+
+    def hf_condition(self, z_c):
+        return self.m.f_hf.condition(z_c)
+
+    def hf_inverse(self, eps, z_c, features):
+        return self.m.f_hf.inverse(eps, z_c, features=features)[0]
+
+    def hr_inverse(self, z):
+        return self.m.f_hr.inverse(z)[0]
+
+    def hr_content(self, hr):
+        return self.m.hr_content(hr)
+
+    def deg_condition(self, z_c):
+        return self.m.f_deg.condition(z_c)
+
+    def deg_inverse(self, eps, z_c, features):
+        return self.m.f_deg.inverse(eps, z_c, features=features)[0]
+
+    def lr_inverse(self, z):
+        return self.m.f_lr.inverse(z)[0]
+
+
+_FORMS_MADE = itertools.count()
+
+
+class _FusedSteps:
+    """The sampling steps of the model's sampling form at `precision`, made from its modules
+    (see the module docstring). Runs under inference mode with IEEE float32 convolutions
+    (`ieee_float32`); channels-last on CPU and CUDA, where oneDNN and cuDNN run the 3x3
+    convolutions faster on NHWC tensors."""
+
+    channels_last = True
+
+    def __init__(self, model: SDFlow, precision: str):
+        dtype, self.device = DTYPES[precision], model.device
+        # Not id(self): a form made after this one is dropped could get its id, and take its
+        # conditions for its own.
+        self.maker = ("fused", next(_FORMS_MADE))
+        nhwc = self.channels_last and self.device.type in ("cpu", "cuda")
+        fmt = torch.channels_last if nhwc else torch.contiguous_format
+        self.memory_format = fmt
+        self._f_hf, self._f_deg = model.f_hf, model.f_deg
+        with torch.no_grad():
+            # E and f_LR stay float32 at every precision: z_c goes straight into the SR image and
+            # f_LR^-1 makes the DS image; in bf16 they were most of its cost (docs/performance.md).
+            self._extractor = model.content_extractor.fused_copy(torch.float32, fmt)
+            self._hf_net = model.f_hf.cond_net.fused_copy(dtype, fmt)
+            self._deg_net = model.f_deg.cond_net.fused_copy(dtype, fmt)
+            self._hf_inverse = FusedFlow(model.f_hf, -1, dtype, fmt)
+            self._hr_inverse = FusedFlow(model.f_hr, -1, dtype, fmt)
+            self._hr_content = FusedFlow(model.f_hr, 1, dtype, fmt, keep=CONTENT_CHANNELS)
+            self._deg_inverse = FusedFlow(model.f_deg, -1, dtype, fmt)
+            self._lr_inverse = FusedFlow(model.f_lr, -1, torch.float32, fmt)
+
+    @contextlib.contextmanager
+    def running(self):
+        with torch.inference_mode(), ieee_float32(self.device):
+            yield
+
+    def output(self, y):
+        # Outside inference mode: the caller gets an ordinary tensor (in-place operations on an
+        # inference tensor are refused outside it), NCHW.
+        return y.clone(memory_format=torch.contiguous_format)
+
+    def content(self, lr):
+        return self._extractor(lr.contiguous(memory_format=self.memory_format))
+
+    def hf_condition(self, z_c):
+        return self._f_hf.condition(z_c, self._hf_net)
+
+    def hf_inverse(self, eps, z_c, features):
+        return self._hf_inverse(eps, features)
+
+    def hr_inverse(self, z):
+        return self._hr_inverse(z)
+
+    def hr_content(self, hr):
+        return self._hr_content(hr)
+
+    def deg_condition(self, z_c):
+        return self._f_deg.condition(z_c, self._deg_net)
+
+    def deg_inverse(self, eps, z_c, features):
+        return self._deg_inverse(eps, features)
+
+    def lr_inverse(self, z):
+        return self._lr_inverse(z)
+
+
+def _checked(condition: Optional[Condition], steps, mode: str, image: torch.Tensor) -> Optional[Condition]:
     if condition is None:
         return None
-    if condition.maker != id(model) or condition.mode != mode:
-        raise ValueError(f"this condition was made by another model or for {condition.mode!r}, "
-                         f"not by this one's {mode}_condition")
+    if condition.maker != steps.maker or condition.mode != mode:
+        raise ValueError(f"this condition was made by another model, at another precision, before this "
+                         f"model's parameters changed or for {condition.mode!r}, not by this one's "
+                         f"{mode}_condition")
     if condition.shape != tuple(image.shape):
         raise ValueError(f"this condition was made for an image of shape {condition.shape}, "
                          f"not {tuple(image.shape)}")
@@ -237,12 +418,12 @@ def padded_lr(lr: torch.Tensor) -> torch.Tensor:
     """`lr` padded (edge replication) to the 2 pixels per side that reflect padding inside the
     networks needs; itself when it has them."""
     h, w = lr.shape[-2:]
-    return _pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
+    return pad_to(lr, max(h, MIN_LR_SIDE), max(w, MIN_LR_SIDE))
 
 
 def padded_hr(hr: torch.Tensor) -> torch.Tensor:
     """`hr` padded (edge replication) as `downscale` pads it: see `padded_hr_size`."""
-    return _pad_to(hr, *padded_hr_size(*hr.shape[-2:]))
+    return pad_to(hr, *padded_hr_size(*hr.shape[-2:]))
 
 
 def padded_hr_size(h: int, w: int):
@@ -279,13 +460,13 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+def pad_to(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Pad bottom/right by edge replication up to (h, w); a no-op when already that size."""
     ph, pw = h - x.shape[-2], w - x.shape[-1]
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def _check_image(x: torch.Tensor, name: str) -> None:
+def check_image(x: torch.Tensor, name: str) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"{name} must be a [B, 3, H, W] tensor, got shape {tuple(x.shape)}")
 
@@ -293,13 +474,13 @@ def _check_image(x: torch.Tensor, name: str) -> None:
 def _image_input(x: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
     """A checked image in the model's dtype: numpy's float64 (or a half-precision image) is
     converted, so that both paths take it alike and the noise is drawn in the model's dtype."""
-    _check_image(x, name)
+    check_image(x, name)
     return x if x.dtype == dtype else x.to(dtype)
 
 
 def _check_sides(x: torch.Tensor, name: str, multiple: int, minimum: int) -> None:
     # A density of a padded image would not be the image's: the caller crops.
-    _check_image(x, name)
+    check_image(x, name)
     h, w = x.shape[-2:]
     if h % multiple or w % multiple or min(h, w) < minimum:
         raise ValueError(f"the likelihood of {name} needs sides that are multiples of {multiple} and at "

@@ -1,4 +1,5 @@
-"""Tiled SR and DS: large images in bounded memory, with blended seams and seamless noise.
+"""Tiles: large images in bounded memory, with blended seams and seamless noise. The geometry,
+the blending and the memory estimates; `sdflow.pipeline` runs the model on the tiles.
 
 The image is cut into a grid of tiles. Each tile's core (of about `tile` input pixels per side)
 is extended by `tile_pad` input pixels of context on every side that is not an image border,
@@ -20,23 +21,21 @@ replication to a multiple of 8, at least 16), and every tile starts and ends on 
 pixels, so that the squeezes of f_HR and f_Deg group the same pixels as in the whole image and
 the noise field crops exactly.
 
-`model` is an `SDFlow` or a `sdflow.fast.FastSDFlow` (anything with `super_resolve` /
-`downscale` taking `hf_latent` / `deg_latent` and `condition`, `sr_condition` / `ds_condition`,
-and `sample_hf_latent` / `sample_deg_latent`).
 """
 from __future__ import annotations
 
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from sdflow.model import HR_MULTIPLE, MIN_HR_SIDE, MIN_LR_SIDE, SCALE, _check_image, _pad_to, padded_hr_size
+from sdflow.config import SCALE
+from sdflow.model import HR_MULTIPLE
 
-__all__ = ["tiled_super_resolve", "tiled_downscale", "auto_tile", "estimate_memory", "condition_memory", "plan_tiles",
-           "Span", "MIN_SR_TILE", "MIN_DS_TILE", "DEFAULT_SR_TILE_PAD", "DEFAULT_DS_TILE_PAD",
+__all__ = ["run_tiled", "check_tile", "default_tile_pad", "auto_tile", "estimate_memory", "condition_memory",
+           "plan_tiles", "Span", "MIN_SR_TILE", "MIN_DS_TILE", "DEFAULT_SR_TILE_PAD", "DEFAULT_DS_TILE_PAD",
            "DEFAULT_MEMORY_BUDGET", "DEFAULT_CONDITIONS_BUDGET"]
 
 MIN_SR_TILE = 8                 # LR pixels
@@ -116,20 +115,12 @@ def _ramp(t: torch.Tensor) -> torch.Tensor:
     return 0.5 - 0.5 * torch.cos(math.pi * t.clamp(0, 1))
 
 
-def _conditioned(model, mode: str, conditions: Optional[dict], key, image: torch.Tensor) -> dict:
-    """`condition=` for the model call: the condition of `image` kept in `conditions` under `key`
-    (made the first time); nothing without a dict, so models without conditions work too."""
-    if conditions is None:
-        return {}
-    if key not in conditions:
-        conditions[key] = model.sr_condition(image) if mode == "sr" else model.ds_condition(image)
-    return {"condition": conditions[key]}
-
-
-def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, out_hw, on_tile=None):
-    """The generic tiler: x [B,3,H,W] (H, W multiples of align), latent at x's size / latent_div,
-    run(x_tile, latent_tile, key) -> output at ratio times the tile's size; key names the tile.
-    on_tile(done, total) after each tile."""
+def run_tiled(x: torch.Tensor, latent: Optional[torch.Tensor], latent_div: int, ratio: float, tile: int, pad: int,
+              align: int, min_size: int, run: Callable, out_hw, on_tile: Optional[Callable[[int, int], None]] = None):
+    """x [B,3,H,W] (H, W multiples of align) in tiles of about `tile` pixels with `pad` pixels of
+    context, each extent at least `min_size`; latent at x's size / latent_div, cropped per tile;
+    run(x_tile, latent_tile, key) -> output at ratio times the tile's size, key naming the tile.
+    Returns the blended output cut to out_hw. on_tile(done, total) after each tile."""
     b, _, h, w = x.shape
     ys = plan_tiles(h, tile, pad, align, min_size)
     xs = plan_tiles(w, tile, pad, align, min_size)
@@ -164,89 +155,35 @@ def _run_tiled(x, latent, latent_div, ratio, tile, pad, align, min_size, run, ou
     return out[..., :out_hw[0], :out_hw[1]].to(out_dtype)
 
 
-def tiled_super_resolve(model, lr: torch.Tensor, tile: Optional[int] = None,
-                        tile_pad: int = DEFAULT_SR_TILE_PAD, tau: float = 0.8,
-                        generator: Optional[torch.Generator] = None,
-                        hf_latent: Optional[torch.Tensor] = None,
-                        conditions: Optional[dict] = None,
-                        on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """`model.super_resolve(lr, tau, generator)` computed in tiles of about `tile` x `tile` LR
-    pixels (None, or a tile covering the image: one call) with `tile_pad` LR pixels of context.
-    The noise is the untiled call's: the same generator gives the same field.
-
-    `conditions`: a dict to pass again with every sample of the same image and tiling; each
-    tile's `sr_condition` (E and f_HF's condition network, most of the work) is kept there and
-    made only once, at the cost of holding them all (about 270 bytes per LR pixel in float32).
-    `on_tile(done, total)` is called after each tile (progress for large images)."""
-    _check_image(lr, "lr")
-    h, w = lr.shape[-2:]
-    if tile is not None and tile < MIN_SR_TILE:
-        raise ValueError(f"SR tile must be at least {MIN_SR_TILE} LR pixels, got {tile}")
-    if tile_pad < 0:
+def check_tile(mode: str, tile: Optional[int], tile_pad: Optional[int]) -> None:
+    """ValueError unless `tile` (None or 0: no tiling) and `tile_pad` (None: the default) can tile
+    an image for `mode`."""
+    least = MIN_SR_TILE if mode == "sr" else MIN_DS_TILE
+    if tile and tile < least:
+        raise ValueError(f"{mode.upper()} tile must be 0 (no tiling) or at least {least} input pixels, got {tile}")
+    if tile_pad is not None and tile_pad < 0:
         raise ValueError(f"tile_pad must be >= 0, got {tile_pad}")
-    with torch.inference_mode():
-        if tile is None or (tile >= h and tile >= w) or min(h, w) < MIN_LR_SIDE:
-            return model.super_resolve(lr, tau, generator, hf_latent=hf_latent,
-                                       **_conditioned(model, "sr", conditions, "whole", lr))
-        if hf_latent is None and tau >= 1e-6:
-            hf_latent = model.sample_hf_latent(lr, tau, generator)
-
-        def run(xt, lt, key):
-            return model.super_resolve(xt, tau=0.0, hf_latent=lt, **_conditioned(model, "sr", conditions, key, xt))
-
-        return _run_tiled(lr, hf_latent, 1, SCALE, tile, tile_pad, 1, MIN_LR_SIDE, run, (SCALE * h, SCALE * w),
-                          on_tile)
 
 
-def tiled_downscale(model, hr: torch.Tensor, tile: Optional[int] = None, tile_pad: int = DEFAULT_DS_TILE_PAD,
-                    tau: float = 0.8, component: Optional[Union[int, Sequence[int]]] = None,
-                    sampler: str = "image", generator: Optional[torch.Generator] = None,
-                    deg_latent: Optional[torch.Tensor] = None, conditions: Optional[dict] = None,
-                    on_tile: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
-    """`model.downscale(hr, tau, component, sampler, generator=generator)` computed in tiles of
-    about `tile` x `tile` HR pixels (None, or a tile covering the image: one call) with
-    `tile_pad` HR pixels of context. Both are rounded to multiples of 8 (tile down, at least 16;
-    tile_pad up). The degradation latent is the untiled call's: the same generator gives the same
-    field, and with sampler "image" one mixture component for the whole image. `conditions`:
-    as in `tiled_super_resolve` (each tile's `ds_condition` made once); `on_tile` too."""
-    _check_image(hr, "hr")
-    h, w = hr.shape[-2:]
-    if tile is not None and tile < MIN_DS_TILE:
-        raise ValueError(f"DS tile must be at least {MIN_DS_TILE} HR pixels, got {tile}")
-    if tile_pad < 0:
-        raise ValueError(f"tile_pad must be >= 0, got {tile_pad}")
-    with torch.inference_mode():
-        ph, pw = padded_hr_size(h, w)
-        if tile is None or (tile >= ph and tile >= pw):
-            return model.downscale(hr, tau, component, sampler, deg_latent=deg_latent, generator=generator,
-                                   **_conditioned(model, "ds", conditions, "whole", hr))
-        if deg_latent is None:
-            deg_latent = model.sample_deg_latent(hr, tau, component, sampler, generator)
-        tile = tile // HR_MULTIPLE * HR_MULTIPLE
-        tile_pad = -(-tile_pad // HR_MULTIPLE) * HR_MULTIPLE
-        padded = _pad_to(hr, ph, pw)
-
-        def run(xt, lt, key):
-            return model.downscale(xt, deg_latent=lt, **_conditioned(model, "ds", conditions, key, xt))
-
-        return _run_tiled(padded, deg_latent, HR_MULTIPLE, 1 / SCALE, tile, tile_pad, HR_MULTIPLE, MIN_HR_SIDE,
-                          run, (math.ceil(h / SCALE), math.ceil(w / SCALE)), on_tile)
+def default_tile_pad(mode: str) -> int:
+    return DEFAULT_SR_TILE_PAD if mode == "sr" else DEFAULT_DS_TILE_PAD
 
 
 # ----- choosing the tile size -------------------------------------------------------------
 
-def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: bool = True) -> float:
+def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fused: bool = True) -> float:
     """Estimated peak activation memory of one model call, in bytes per INPUT pixel (SR: per LR
     pixel, DS: per HR pixel), for a model of `config` (a ModelConfig).
 
     The rule: for each stage of the computation, the values alive at once per LR pixel (the flow
     state and its scale/shift in float32; the convolutional nets' activations at 4 bytes, or 2 at
-    bf16 / fp16); the largest stage decides, times 1.5 for the allocator's slack. `fast=False`
-    (the plain model, which keeps more concatenations and padded copies alive) adds a factor
-    1.7. For the paper config this gives 4386 B per LR pixel (SR, fast fp32) and 235 B per HR
-    pixel (DS); benchmarks/bench_inference.py measured 2813 and 195 (plain model: 6077 and 269;
-    the fast path's f_HR runs its couplings in row bands, so its level-1 stage is smaller than
-    counted here) and prints this estimate beside its measurements, so the rule can be rechecked.
+    bf16 / fp16); the largest stage decides, times 1.5 for the allocator's slack. `fused=False`
+    (the modules themselves, as fp64 runs them, which keep more concatenations and padded copies
+    alive) adds a factor 1.7. For the paper config this gives 4386 B per LR pixel (SR, fused
+    fp32) and 235 B per HR pixel (DS); benchmarks/bench_inference.py measured 2813 and 195 (the
+    modules: 6077 and 269; the sampling form's f_HR runs its couplings in row bands, so its
+    level-1 stage is smaller than counted here) and prints this estimate beside its
+    measurements, so the rule can be rechecked.
     """
     if mode not in ("sr", "ds"):
         raise ValueError(f"mode must be 'sr' or 'ds', got {mode!r}")
@@ -271,30 +208,31 @@ def estimate_memory(config, mode: str = "sr", precision: str = "fp32", fast: boo
         ]
         per_lr_pixel = max(f * 4 + n * net_bytes for f, n in stages)
         per_input_pixel = per_lr_pixel / SCALE ** 2
-    slack = 1.5 if fast else 1.5 * 1.7
+    slack = 1.5 if fused else 1.5 * 1.7
     return per_input_pixel * slack
 
 
 def condition_memory(config, height: int, width: int, mode: str = "sr", precision: str = "fp32") -> float:
     """Bytes that the conditions of an image of height x width input pixels take when kept for
-    its next samples (`conditions=` of the tiled calls): z_c in float32 and the condition
-    features in the nets' type, plus a quarter for the context that neighbouring tiles share."""
+    its next samples (`sdflow.pipeline.Prepared`): z_c and the condition features, in float32
+    at every precision (the networks hand their results back in the flow's dtype; fp64: 8
+    bytes), plus a quarter for the context that neighbouring tiles share."""
     config = getattr(config, "config", config)
-    net_bytes = 2 if precision in ("bf16", "fp16") else 4
+    value = 8 if precision == "fp64" else 4
     if mode == "sr":
-        per_input_pixel = 3 * 4 + config.cond_channels * net_bytes
+        per_input_pixel = (3 + config.cond_channels) * value
     else:  # z_c at LR size, the features at LR/2
-        per_input_pixel = (3 * 4 + config.cond_channels * net_bytes / 4) / SCALE ** 2
+        per_input_pixel = (3 + config.cond_channels / 4) * value / SCALE ** 2
     return 1.25 * height * width * per_input_pixel
 
 
 def auto_tile(config, height: int, width: int, mode: str = "sr", tile_pad: Optional[int] = None,
               memory_budget: int = DEFAULT_MEMORY_BUDGET, precision: str = "fp32",
-              fast: bool = True) -> Optional[int]:
+              fused: bool = True) -> Optional[int]:
     """A tile size (input pixels) that keeps one model call's activations within `memory_budget`
     bytes for an image of height x width input pixels, or None when the whole image fits.
 
-    Rule: with b = estimate_memory(config, mode, precision, fast) bytes per input pixel, a call
+    Rule: with b = estimate_memory(config, mode, precision, fused) bytes per input pixel, a call
     on an extent of A input pixels needs about A * b bytes. If height * width * b fits the budget,
     no tiling; otherwise the largest square extent that fits, minus the context on both sides:
     tile = floor(sqrt(budget / b)) - 2 * tile_pad, rounded down to a multiple of 8 and at least
@@ -303,8 +241,8 @@ def auto_tile(config, height: int, width: int, mode: str = "sr", tile_pad: Optio
     `config` may also be a model (its `.config` is used).
     """
     config = getattr(config, "config", config)
-    pad = (DEFAULT_SR_TILE_PAD if mode == "sr" else DEFAULT_DS_TILE_PAD) if tile_pad is None else tile_pad
-    per_pixel = estimate_memory(config, mode, precision, fast)
+    pad = default_tile_pad(mode) if tile_pad is None else tile_pad
+    per_pixel = estimate_memory(config, mode, precision, fused)
     if height * width * per_pixel <= memory_budget:
         return None
     side = int(math.sqrt(memory_budget / per_pixel)) - 2 * pad

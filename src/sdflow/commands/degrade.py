@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import _non_negative_int
+from sdflow.commands.options import non_negative_int
 
 
 def register(sub) -> None:
@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.add_argument("--preset", default="realistic", choices=list(PRESETS),
                    help="degradation preset (default: realistic)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, help="global seed (default: 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="global seed (default: 0)")
     p.add_argument("--mode", choices=("paired", "unpaired"), default="paired",
                    help="paired: OUT/HR + OUT/LR of the same photos; unpaired: OUT/train_HR and "
                         "OUT/train_LR from disjoint halves (default: paired)")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdflow.commands.infer import (_non_negative_float, _positive_int, _seed, _usage_error,
-                                   add_device_argument, seed_range_error)
+from sdflow.commands.options import (LoadError, add_device_argument, add_precision_argument, default_model_source,
+                                     load_pipeline, non_negative_float, positive_int, seed, usage_error)
+from sdflow.config import seed_range_error
 
 DEFAULT_TAUS = (0.0, 0.4, 0.8)
 FALLBACK_PRESET = "realistic"
@@ -31,61 +32,55 @@ def register(sub) -> None:
     p.add_argument("--preset", default=None,
                    help="degradation that makes the LR inputs (default: the one the model was "
                         f"trained for when it says so, else {FALLBACK_PRESET})")
-    p.add_argument("--tau", type=_non_negative_float, nargs="+", default=list(DEFAULT_TAUS),
+    p.add_argument("--tau", type=non_negative_float, nargs="+", default=list(DEFAULT_TAUS),
                    metavar="T", help="sampling temperatures (default: 0 0.4 0.8)")
-    p.add_argument("--samples", "-n", type=_positive_int, default=2, metavar="N",
+    p.add_argument("--samples", "-n", type=positive_int, default=2, metavar="N",
                    help="samples per image and tau (default: 2)")
-    p.add_argument("--seed", type=_seed, default=0, metavar="S",
+    p.add_argument("--seed", type=seed, default=0, metavar="S",
                    help="seed of the degradations and of the samples (default: 0)")
     add_device_argument(p)
+    add_precision_argument(p)
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
-    from sdflow import evaluate
-    from sdflow.checkpoints import CheckpointError, bundled_metadata, load
-    from sdflow.commands.infer import default_model_source, resolve_device
+    from sdflow import evaluation
+    from sdflow.checkpoints import bundled_metadata
     from sdflow.data.degrade import PRESETS
     from sdflow.imageio import write_image
 
     if error := seed_range_error(args.seed, args.samples):
-        return _usage_error(error)
+        return usage_error(error)
     source = args.model if args.model is not None else default_model_source()
     if source is None:
-        return _usage_error("this installation ships no bundled model; give one with --model")
+        return usage_error("this installation ships no bundled model; give one with --model")
     preset = args.preset
     if preset is None:
         meta = bundled_metadata() if args.model is None else {}
         preset = meta.get("sdflow.degradation", FALLBACK_PRESET)
     if preset not in PRESETS:
-        return _usage_error(f"--preset: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return usage_error(f"--preset: unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     try:
-        device = resolve_device(args.device)
-        model = load(source, device=device, dtype=torch.float32)
-    except (ValueError, CheckpointError) as e:
-        return _usage_error(str(e))
-    from sdflow.fast import FastSDFlow
+        pipeline = load_pipeline(source, args.device, args.precision)   # as sdflow sr/ds would run it
+    except LoadError as e:
+        return usage_error(str(e))
 
-    model = FastSDFlow(model, "fp32")   # sdflow sr/ds's default path
-
-    pairs = evaluate.sample_pairs(preset, args.seed)
+    pairs = evaluation.sample_pairs(preset, args.seed)
     out = args.output
     for pair in pairs:
         write_image(out / "HR" / f"{pair.name}.png", pair.hr.rgb)
         write_image(out / "LR" / f"{pair.name}.png", pair.lr.rgb)
 
     label = "the bundled model" if args.model is None else str(source)
-    result = evaluate.run_evaluation(
-        pairs, model, taus=args.tau, samples=args.samples, seed=args.seed,
+    result = evaluation.run_evaluation(
+        pairs, pipeline, taus=args.tau, samples=args.samples, seed=args.seed,
         progress=not args.quiet,
-        settings={"model": str(source), "lr": f"bundled sample photos, '{preset}' preset, "
-                                             f"seed {args.seed}"})
-    paths = evaluate.write_outputs(
+        settings={"model": str(source), "precision": pipeline.precision,
+                  "lr": f"bundled sample photos, '{preset}' preset, seed {args.seed}"})
+    paths = evaluation.write_outputs(
         result, out, title=f"sdflow demo: {label} on the bundled sample photos ({preset} LR)")
-    print(evaluate.summary_text(result))
+    print(evaluation.summary_text(result))
     print(f"\nreport: {paths['report.html'].resolve()}")
     print(f"inputs: {out / 'LR'} (simulated LR), {out / 'HR'} (originals); try "
           f"`sdflow sr -i {out / 'LR'} -o {out / 'sr'}`")

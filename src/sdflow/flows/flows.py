@@ -1,6 +1,8 @@
 """The four flows of SDFlow: f_HR, f_HF, f_LR and f_Deg."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,16 +13,16 @@ from sdflow.nets.rrdb import ConditionNet
 
 
 class _Chain(nn.Module):
-    """A flow made of named parts run in the order `_parts()` gives."""
+    """A flow made of named parts run in the order `parts()` gives."""
 
-    def _parts(self):
+    def parts(self):
         raise NotImplementedError
 
     def forward(self, x, cond=None):
-        return chain_forward(self._parts(), x, cond)
+        return chain_forward(self.parts(), x, cond)
 
     def inverse(self, y, cond=None):
-        return chain_inverse(self._parts(), y, cond)
+        return chain_inverse(self.parts(), y, cond)
 
 
 class SqueezeLevel(_Chain):
@@ -33,7 +35,7 @@ class SqueezeLevel(_Chain):
         self.transition = transition(c)
         self.steps = FlowSequence([FlowStep(c, hidden=hidden) for _ in range(steps)])
 
-    def _parts(self):
+    def parts(self):
         return [self.squeeze, self.transition, self.steps]
 
 
@@ -44,7 +46,7 @@ class HRFlow(_Chain):
         super().__init__()
         self.levels = nn.ModuleList([SqueezeLevel(3, steps, hidden), SqueezeLevel(12, steps, hidden)])
 
-    def _parts(self):
+    def parts(self):
         return list(self.levels)
 
 
@@ -59,7 +61,7 @@ class LRFlow(_Chain):
         self.transition_out = transition(12)
         self.expand = Expand()
 
-    def _parts(self):
+    def parts(self):
         return [self.squeeze, self.transition_in, self.steps, self.transition_out, self.expand]
 
 
@@ -88,17 +90,19 @@ class ConditionalFlow(nn.Module):
         self.steps = FlowSequence([FlowStep(channels, cond_channels, coupling=i < steps - 1, hidden=hidden)
                                    for i in range(steps)])
 
-    def _parts(self):
+    def parts(self):
         return [self.squeeze_layer, self.transition, self.steps] if self.squeeze else [self.steps]
 
-    def condition(self, content: torch.Tensor) -> torch.Tensor:
-        u = self.cond_net(content)
+    def condition(self, content: torch.Tensor, cond_net: Optional[nn.Module] = None) -> torch.Tensor:
+        """The features u that every step reads; `cond_net`: the condition network's sampling
+        form (`ConditionNet.fused_copy`) instead of the trainable one."""
+        u = (cond_net or self.cond_net)(content)
         if self.squeeze:
             u = F.leaky_relu(self.cond_proj(F.pixel_unshuffle(u, 2)), 0.2)
         return u
 
     def forward(self, z, cond):
-        out, logdet = chain_forward(self._parts(), z, self.condition(cond))
+        out, logdet = chain_forward(self.parts(), z, self.condition(cond))
         if self.normal_prior:
             logdet = logdet + standard_normal_logp(out)
         return out, logdet
@@ -106,7 +110,7 @@ class ConditionalFlow(nn.Module):
     def inverse(self, eps, cond, features=None):
         """`features`: `self.condition(cond)` when the caller has it already (several samples
         for one condition)."""
-        z, logdet = chain_inverse(self._parts(), eps, self.condition(cond) if features is None else features)
+        z, logdet = chain_inverse(self.parts(), eps, self.condition(cond) if features is None else features)
         if self.normal_prior:
             logdet = logdet - standard_normal_logp(eps)
         return z, logdet

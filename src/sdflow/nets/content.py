@@ -1,16 +1,28 @@
 """The LR content extractor E: a plain CNN estimating the content z_c of an LR image."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
+from sdflow.nets.fusing import exact, sampling_copy, scale_conv, set_weights
 from sdflow.nets.precision import autocast_net
-from sdflow.nets.rrdb import _conv3
+from sdflow.nets.rrdb import conv3x3
+
+# The residual scale of the modulated blocks, and the epsilon of the modulation's gain.
+BLOCK_RESIDUAL = 0.1
+GAIN_EPS = 1e-6
 
 
 class FeatureModulation(nn.Module):
     """t -> t * s + b with (s, b) predicted from the modulation features m; s is bounded by a
-    learnable gain k = exp(g), tanh(s / k) * k, which starts at k = 1."""
+    learnable gain k = exp(g), tanh(s / k) * k, which starts at k = 1.
+
+    Sampling form: `proj` split into its two halves (each output contiguous), 1 / (k + eps)
+    folded into the first one."""
+
+    fused = False
 
     def __init__(self, channels: int):
         super().__init__()
@@ -18,35 +30,54 @@ class FeatureModulation(nn.Module):
         self.proj = nn.Conv2d(channels, 2 * channels, 1)
 
     def forward(self, t, m):
+        if self.fused:
+            return torch.addcmul(self.proj_b(m), t, torch.tanh_(self.proj_s(m)), value=self.gain)
         s, b = self.proj(m).chunk(2, dim=1)
         k = torch.exp(self.log_gain)
-        return t * (torch.tanh(s / (k + 1e-6)) * k) + b
+        return t * (torch.tanh(s / (k + GAIN_EPS)) * k) + b
+
+    def fold(self) -> None:
+        k = math.exp(self.log_gain.item())
+        c = self.proj.out_channels // 2
+        w, b = exact(self.proj.weight), exact(self.proj.bias)
+        # On the meta device: no initialisation (it would draw from torch's global generator).
+        self.proj_s, self.proj_b = (nn.Conv2d(w.shape[1], c, 1, device="meta") for _ in range(2))
+        set_weights(self.proj_s, w[:c] / (k + GAIN_EPS), b[:c] / (k + GAIN_EPS))
+        set_weights(self.proj_b, w[c:], b[c:])
+        self.gain = k
+        del self.proj, self.log_gain
 
 
 class ModulatedResBlock(nn.Module):
+    # Sampling form: BLOCK_RESIDUAL folded into conv2.
+    fused = False
+
     def __init__(self, channels: int):
         super().__init__()
         self.fm1 = FeatureModulation(channels)
-        self.conv1 = _conv3(channels, channels)
+        self.conv1 = conv3x3(channels, channels)
         self.fm2 = FeatureModulation(channels)
-        self.conv2 = _conv3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, t, m):
         h = self.act(self.conv1(self.fm1(t, m)))
-        return t + 0.1 * self.conv2(self.fm2(h, m))
+        out = self.conv2(self.fm2(h, m))
+        return out.add_(t) if self.fused else t + BLOCK_RESIDUAL * out
 
 
 class ContentExtractor(nn.Module):
+    fused = False
+
     def __init__(self, channels: int = 64, num_blocks: int = 16, modulation_convs: int = 8):
         super().__init__()
-        self.head = nn.Sequential(_conv3(3, channels), nn.LeakyReLU(0.2))
+        self.head = nn.Sequential(conv3x3(3, channels), nn.LeakyReLU(0.2))
         layers = []
         for _ in range(modulation_convs):
-            layers += [_conv3(channels, channels), nn.LeakyReLU(0.2)]
+            layers += [conv3x3(channels, channels), nn.LeakyReLU(0.2)]
         self.modulation = nn.Sequential(*layers)
         self.blocks = nn.ModuleList(ModulatedResBlock(channels) for _ in range(num_blocks))
-        self.tail = nn.Sequential(_conv3(channels, channels), nn.LeakyReLU(0.2), nn.Conv2d(channels, 3, 1))
+        self.tail = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(0.2), nn.Conv2d(channels, 3, 1))
 
     @autocast_net
     def forward(self, x):
@@ -55,4 +86,15 @@ class ContentExtractor(nn.Module):
         t = a
         for block in self.blocks:
             t = block(t, m)
-        return self.tail(a + t)
+        return self.tail(t.add_(a) if self.fused else a + t)
+
+    def fused_copy(self, dtype: torch.dtype, memory_format: torch.memory_format) -> "ContentExtractor":
+        """This network for sampling (`sdflow.nets.fusing`), computing in `dtype`."""
+        return sampling_copy(self, dtype, memory_format, _fold_extractor)
+
+
+def _fold_extractor(net: ContentExtractor) -> None:
+    for block in net.blocks:
+        block.fm1.fold()
+        block.fm2.fold()
+        scale_conv(block.conv2, BLOCK_RESIDUAL)

@@ -5,7 +5,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sdflow.nets.fusing import sampling_copy, scale_conv
 from sdflow.nets.precision import autocast_net
+
+# Residual scales of a dense block and of an RRDB (ESRGAN's).
+DENSE_RESIDUAL = 0.2
+RRDB_RESIDUAL = 0.2
 
 
 def _small_init(module: nn.Module, gain: float = 0.1) -> None:
@@ -19,6 +24,9 @@ def _small_init(module: nn.Module, gain: float = 0.1) -> None:
 
 
 class ResidualDenseBlock(nn.Module):
+    # Sampling form: DENSE_RESIDUAL folded into the last convolution, activations in place.
+    fused = False
+
     def __init__(self, channels: int = 64, growth: int = 32):
         super().__init__()
         self.convs = nn.ModuleList(
@@ -29,20 +37,25 @@ class ResidualDenseBlock(nn.Module):
     def forward(self, x):
         feats = [x]
         for conv in self.convs[:4]:
-            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2))
-        return self.convs[4](torch.cat(feats, 1)) * 0.2 + x
+            feats.append(F.leaky_relu(conv(torch.cat(feats, 1)), 0.2, inplace=self.fused))
+        out = self.convs[4](torch.cat(feats, 1))
+        return out.add_(x) if self.fused else out * DENSE_RESIDUAL + x
 
 
 class RRDB(nn.Module):
+    fused = False
+
     def __init__(self, channels: int = 64, growth: int = 32):
         super().__init__()
         self.blocks = nn.Sequential(*(ResidualDenseBlock(channels, growth) for _ in range(3)))
 
     def forward(self, x):
-        return self.blocks(x) * 0.2 + x
+        out = self.blocks(x)
+        return out.mul_(RRDB_RESIDUAL).add_(x) if self.fused else out * RRDB_RESIDUAL + x
 
 
-def _conv3(cin: int, cout: int) -> nn.Conv2d:
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    """The 3x3 convolution of E and of the condition networks' head and tail: reflect padding."""
     return nn.Conv2d(cin, cout, 3, padding=1, padding_mode="reflect")
 
 
@@ -51,13 +64,23 @@ class ConditionNet(nn.Module):
 
     def __init__(self, in_channels: int, num_blocks: int, channels: int = 64, growth: int = 32):
         super().__init__()
-        self.head = _conv3(in_channels, channels)
+        self.head = conv3x3(in_channels, channels)
         self.body = nn.Sequential(*(RRDB(channels, growth) for _ in range(num_blocks)))
-        self.body_out = _conv3(channels, channels)
-        self.tail = nn.Sequential(_conv3(channels, channels), nn.LeakyReLU(0.2), _conv3(channels, channels))
+        self.body_out = conv3x3(channels, channels)
+        self.tail = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(0.2), conv3x3(channels, channels))
         _small_init(self)
 
     @autocast_net
     def forward(self, x):
         a = self.head(x)
         return self.tail(self.body_out(self.body(a)) + a)
+
+    def fused_copy(self, dtype: torch.dtype, memory_format: torch.memory_format) -> "ConditionNet":
+        """This network for sampling (`sdflow.nets.fusing`), computing in `dtype`."""
+        return sampling_copy(self, dtype, memory_format, _fold_condition_net)
+
+
+def _fold_condition_net(net: ConditionNet) -> None:
+    for block in net.modules():
+        if isinstance(block, ResidualDenseBlock):
+            scale_conv(block.convs[4], DENSE_RESIDUAL)

@@ -8,7 +8,8 @@ SR: super-resolution of the true LR at tau = 0, scored against the true HR (Y-PS
 Y-SSIM with a 4-pixel border, as in the SR literature). DS: realistic downscaling of the
 true HR, scored against the true (degraded) LR by RGB PSNR and by the noise level it
 shows (`sdflow.metrics.noise_sigma`, in 8-bit levels), which a bicubic downscale lacks.
-All images are rounded to 8 bits before scoring, as they would be saved.
+All images are rounded to 8 bits before scoring, as they would be saved: the scorer of
+`sdflow eval` (`sdflow.evaluation.scoring`), with the training log's names for its figures.
 """
 from __future__ import annotations
 
@@ -21,10 +22,6 @@ import numpy as np
 import torch
 
 
-def _u8(t: torch.Tensor) -> np.ndarray:
-    return ((t[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 def _tau_key(name: str, tau: float, taus: Sequence[float]) -> str:
     return name if len(taus) == 1 else f"{name}@tau{tau:g}"
 
@@ -32,36 +29,45 @@ def _tau_key(name: str, tau: float, taus: Sequence[float]) -> str:
 @torch.no_grad()
 def evaluate_pairs(model, pairs: List[Tuple[torch.Tensor, torch.Tensor]], ds_taus: Sequence[float] = (0.0,),
                    device=None, seed: int = 0) -> Dict[str, float]:
-    """Mean metrics over (HR [1,3,H,W], LR [1,3,H/4,W/4]) pairs in [-1, 1]. The model is
-    put in eval mode for the duration and restored after."""
-    from sdflow import metrics
+    """Mean metrics over (HR [1,3,H,W], LR [1,3,H/4,W/4]) pairs in [-1, 1], sampled through a
+    `sdflow.pipeline.Pipeline` at the model's own precision (float32: the same figures on every
+    machine) and scored by `sdflow.evaluation`'s scorer. The model is put in eval mode for the
+    duration and restored after."""
+    from sdflow.evaluation import ds_scores, quantised, sr_scores
+    from sdflow.pipeline import Pipeline
     from sdflow.resize import downscale, upscale
 
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
+    pipeline = Pipeline(model, "fp64" if model.dtype == torch.float64 else "fp32", tile=0)
     rows = []
     try:
         for i, (hr, lr) in enumerate(pairs):
             hr, lr = hr.to(device), lr.to(device)
-            H, L = _u8(hr), _u8(lr)
-            sr = model.super_resolve(lr, 0.0)
-            bic_up, bic_down = _u8(upscale(lr, 4)), _u8(downscale(hr, 4))
+            H, L = quantised(hr), quantised(lr)
+            sr = pipeline.super_resolve(lr, 0.0)
+            nonfinite = not bool(torch.isfinite(sr).all())
+            # A diverged model scores low instead of stopping the run (NaN as the lowest level).
+            sr_y = sr_scores(quantised(torch.nan_to_num(sr, nan=-1.0)), H, L, ("psnr_y", "ssim_y"))
+            bic_y = sr_scores(quantised(upscale(lr, 4)), H, L, ("psnr_y", "ssim_y"))
+            bic_down = ds_scores(quantised(downscale(hr, 4)), L, ("psnr_rgb", "noise"))
             row = {
-                "sr_psnr_y": metrics.psnr_y(_u8(sr), H, crop_border=4),
-                "sr_ssim_y": metrics.ssim_y(_u8(sr), H, crop_border=4),
-                "bicubic_up_psnr_y": metrics.psnr_y(bic_up, H, crop_border=4),
-                "bicubic_up_ssim_y": metrics.ssim_y(bic_up, H, crop_border=4),
-                "sr_nonfinite": float(not torch.isfinite(sr).all()),
-                "bicubic_down_psnr": metrics.psnr(bic_down, L),
-                "lr_noise": 255 * metrics.noise_sigma(L),
-                "bicubic_down_noise": 255 * metrics.noise_sigma(bic_down),
+                "sr_psnr_y": sr_y["psnr_y"],
+                "sr_ssim_y": sr_y["ssim_y"],
+                "bicubic_up_psnr_y": bic_y["psnr_y"],
+                "bicubic_up_ssim_y": bic_y["ssim_y"],
+                "sr_nonfinite": float(nonfinite),
+                "bicubic_down_psnr": bic_down["psnr_rgb"],
+                "lr_noise": ds_scores(L, L, ("noise",))["noise"],
+                "bicubic_down_noise": bic_down["noise"],
             }
             for tau in ds_taus:
                 g = torch.Generator(device=device).manual_seed(seed * 100_003 + i)
-                ds = _u8(model.downscale(hr, float(tau), generator=g))
-                row[_tau_key("ds_psnr", tau, ds_taus)] = metrics.psnr(ds, L)
-                row[_tau_key("ds_noise", tau, ds_taus)] = 255 * metrics.noise_sigma(ds)
+                ds = ds_scores(quantised(torch.nan_to_num(pipeline.downscale(hr, float(tau), generator=g), nan=-1.0)),
+                               L, ("psnr_rgb", "noise"))
+                row[_tau_key("ds_psnr", tau, ds_taus)] = ds["psnr_rgb"]
+                row[_tau_key("ds_noise", tau, ds_taus)] = ds["noise"]
             rows.append(row)
     finally:
         model.train(was_training)

@@ -25,8 +25,8 @@ from urllib.parse import quote
 
 import numpy as np
 
-from sdflow.evaluate import (SCALE, Column, EvalResult, Panel, _json_value, _method_label,
-                             format_value)
+from sdflow.config import SCALE
+from sdflow.evaluation.results import Column, EvalResult, Panel, format_value, json_value, method_label
 
 __all__ = ["FILES_DIR", "write_report", "render_html", "svg_plot", "nice_ticks", "display_size"]
 
@@ -59,6 +59,7 @@ details { margin: 8px 0; } summary { cursor: pointer; }
 
 
 # ----- numbers on axes --------------------------------------------------------------------------
+
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> List[float]:
     """About `count` round tick values (steps of 1, 2 or 5 x 10^k) covering [lo, hi]."""
@@ -172,8 +173,9 @@ def svg_plot(series: Sequence[Tuple[str, Sequence[Tuple[float, float]]]],
 
 # ----- tables -----------------------------------------------------------------------------------
 
+
 def _html_table(rows: List[dict], columns: Sequence[Column], first: str = "method") -> str:
-    """Like evaluate.format_table, in HTML; in tables of means the best value of each column with
+    """Like tables.format_table, in HTML; in tables of means the best value of each column with
     a direction is bold (the real-LR reference row does not compete)."""
     best = {}
     if first == "method":
@@ -189,7 +191,7 @@ def _html_table(rows: List[dict], columns: Sequence[Column], first: str = "metho
                      for c in columns) + "</tr></thead><tbody>"]
     for r in rows:
         cells = [html.escape(str(r["image"]))] if first == "image" else []
-        cells.append(html.escape(_method_label(r).replace("tau=", "τ=")))
+        cells.append(html.escape(method_label(r).replace("tau=", "τ=")))
         if first == "method":
             cells.append(str(r.get("images", "")))
         tds = "".join(f"<td>{c}</td>" for c in cells)
@@ -203,6 +205,7 @@ def _html_table(rows: List[dict], columns: Sequence[Column], first: str = "metho
 
 
 # ----- crops ------------------------------------------------------------------------------------
+
 
 def _safe_name(name: str) -> str:
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
@@ -234,6 +237,7 @@ def _figure(src: str, panel: Panel, side: int, px: int) -> str:
 
 # ----- the page ---------------------------------------------------------------------------------
 
+
 def _settings_html(result: EvalResult) -> str:
     items = []
     for k, v in result.settings.items():
@@ -241,7 +245,7 @@ def _settings_html(result: EvalResult) -> str:
             continue
         if isinstance(v, (list, tuple)):
             v = ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
-        items.append(f"{html.escape(str(k))}: <code>{html.escape(str(_json_value(v)))}</code>")
+        items.append(f"{html.escape(str(k))}: <code>{html.escape(str(json_value(v)))}</code>")
     items.append(f"time: <code>{result.seconds:.1f} s</code>")
     return '<p class="meta">' + " · ".join(items) + "</p>"
 
