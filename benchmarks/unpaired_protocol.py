@@ -150,9 +150,14 @@ def load_photo(key, path: Path) -> np.ndarray:
     return a
 
 
-def make_data(work: Path) -> None:
-    from sdflow.imageio import write_image
+def _save(path: Path, a: np.ndarray) -> None:
+    from PIL import Image
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path)
+
+
+def make_data(work: Path) -> None:
     files = source_files(work / "cache")
     parts = splits(files)
     photos = work / "photos"
@@ -166,10 +171,10 @@ def make_data(work: Path) -> None:
                 # Tiles keep decoding cheap; all tiles of one photo stay on one side.
                 for y in range(0, a.shape[0] - TILE + 1, TILE):
                     for x in range(0, a.shape[1] - TILE + 1, TILE):
-                        write_image(photos / split / f"{name}_{y:04d}_{x:04d}.png", a[y:y + TILE, x:x + TILE])
+                        _save(photos / split / f"{name}_{y:04d}_{x:04d}.png", a[y:y + TILE, x:x + TILE])
             else:
                 h, w = a.shape[0] // 8 * 8, a.shape[1] // 8 * 8
-                write_image(photos / split / f"{name}.png", a[:h, :w])
+                _save(photos / split / f"{name}.png", a[:h, :w])
             manifest.setdefault(split, []).append(
                 {"photo": name, "file": str(files[key]), "shape": list(a.shape),
                  "sha256": hashlib.sha256(a.tobytes()).hexdigest()})
@@ -226,12 +231,20 @@ def train(work: Path, family: str, mode: str, name: str, steps, overrides, confi
     sh(*cmd, env=env)
 
 
+def _precision_flag() -> list:
+    """fp32 scoring where this sdflow has --precision (its default, auto, picks bf16 on some
+    machines): the tables must not depend on the machine."""
+    out = subprocess.run([python(), "-m", "sdflow", "eval", "--help"], capture_output=True, text=True).stdout
+    return ["--precision", "fp32"] if "--precision" in out else []
+
+
 def _eval(work: Path, run: Path, family: str, split: str) -> dict:
+    PRECISION = _precision_flag()
     out = run / f"eval_{split}"
     fam = work / family
     if not (out / "results.json").exists() or (out / "results.json").stat().st_mtime < (run / "model.safetensors").stat().st_mtime:
         sh(python(), "-m", "sdflow", "eval", "--hr", fam / split / "HR", "--lr", fam / split / "LR",
-           "--model", run, "-o", out, "--tau", 0, "-q", "--report-images", 0)
+           "--model", run, "-o", out, "--tau", 0, "-q", "--report-images", 0, *PRECISION)
     return json.loads((out / "results.json").read_text())
 
 

@@ -226,7 +226,8 @@ def _objective(loss_over=(), critics=True, vgg=None):
 
 def _only(term, *extra):
     names = ["nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel", "perceptual",
-             "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match", "content_hf_match"]
+             "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match", "content_hf_match", "sr_cycle_nll",
+             "colour"]
     return [f"loss.{n}={1.0 if n == term else 0.0}" for n in names] + list(extra)
 
 
@@ -788,3 +789,80 @@ def test_missing_tensorboard_is_a_warning_not_an_error(tmp_path, monkeypatch):
     text = (tmp_path / "train.log").read_text()
     assert "TensorBoard logging is off" in text and "still logging" in text
     assert not (tmp_path / "tb").exists()
+
+
+# ----- the unpaired objective's switches for photos of different scenes ------------------------------
+
+def test_colour_term_matches_image_means():
+    obj, model, _, hr, lr = _objective(_only("content", "loss.colour=1.0"))
+    assert "colour" not in _objective(_only("content"))[0](hr, lr)[1]  # off by default
+    obj.dequantize_inputs = False
+    _, terms, _ = obj(hr, lr)
+    from sdflow.resize import downscale
+    with torch.no_grad():
+        pic_h = model.f_lr.inverse(model.encode_hr(hr)[0])[0]
+        pic_c = model.f_lr.inverse(model.content(lr))[0]
+        m = lambda a: a.mean(dim=(2, 3))  # noqa: E731
+        expect = (m(pic_h) - m(downscale(hr, 4))).abs().mean() + (m(pic_c) - m(lr)).abs().mean()
+    assert float(terms["colour"]) == pytest.approx(float(expect), rel=1e-4)
+    s2 = obj(hr, lr, stage2=True)[1]
+    assert float(s2["colour"]) > float(terms["colour"])  # stage 2 adds the SR and DS samples' means
+
+
+def test_critic_highpass_hides_the_low_band_from_the_critics():
+    obj, model, crit, hr, lr = _objective(_only("gan", "loss.domain=1.0", "loss.critic_highpass=1.0"))
+    _, _, inputs = obj(hr, lr, stage2=True)
+    shift = torch.full_like(hr, 0.3)
+    _, _, shifted = obj(hr + shift, lr, stage2=True)
+    # A uniform colour change of the HR batch is invisible to the HR critic's real input.
+    assert torch.allclose(inputs["hr"][0], shifted["hr"][0], atol=1e-5)
+    smooth = torch.linspace(-0.8, 0.8, 64).expand(1, 3, 64, 64)
+    assert obj.critic_view("hr", smooth)[..., 16:-16, 16:-16].abs().max() < 0.01  # the low band is gone
+    assert obj.critic_view("lr", lr).abs().mean() > 0.3 * lr.abs().mean()       # the high band stays
+    obj0, *_ = _objective(_only("gan", "loss.domain=1.0"))
+    assert torch.equal(obj0(hr, lr, stage2=True)[2]["hr"][0], hr)  # off by default: the images as they are
+
+
+def test_cycle_space_picture_is_scale_free_and_trains_e_only():
+    obj, model, _, hr, lr = _objective(_only("content_cycle", "loss.cycle_space=picture"))
+    z = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        d_same = obj.content_distance(z, z)
+        d_pic = obj.content_distance(z, z + 0.1)
+        expect = (model.f_lr.inverse(z)[0] - model.f_lr.inverse(z + 0.1)[0]).abs().mean()
+    assert float(d_same) == 0 and float(d_pic) == pytest.approx(float(expect), rel=1e-5)
+    obj(hr, lr, stage2=True)[0].backward()
+    assert _has_grad(model.content_extractor) and not _has_grad(model.f_lr)
+
+
+def test_sr_cycle_nll_trains_f_hf_on_the_ds_samples_content():
+    obj, model, _, hr, lr = _objective(_only("sr_cycle_nll"))
+    total, terms, _ = obj(hr, lr, stage2=True)
+    assert math.isfinite(float(terms["sr_cycle_nll"]))
+    total.backward()
+    assert _has_grad(model.f_hf)
+    for m in (model.content_extractor, model.f_hr, model.f_lr, model.f_deg):
+        assert not _has_grad(m)
+
+
+def test_cycle_tau_draws_the_cycles_own_samples(monkeypatch):
+    import sdflow.train.objective as O
+    taus = []
+    orig = O.ds_from_content
+    monkeypatch.setattr(O, "ds_from_content", lambda m, z, tau, s: taus.append(tau) or orig(m, z, tau, s))
+    obj, *_, hr, lr = _objective(_only("sr_cycle", "loss.cycle_tau=1.0", "loss.stage2_tau=0.5"))
+    obj(hr, lr, stage2=True)
+    assert taus == [0.5, 1.0]
+    taus.clear()
+    obj, *_, hr, lr = _objective(_only("sr_cycle", "loss.stage2_tau=0.5"))
+    obj(hr, lr, stage2=True)
+    assert taus == [0.5]
+
+
+def test_domain_detach_hr_moves_only_e():
+    obj, model, _, hr, lr = _objective(_only("domain"))
+    obj(hr, lr)[0].backward()
+    assert _has_grad(model.content_extractor) and _has_grad(model.f_hr)  # both sides pushed by default
+    obj, model, _, hr, lr = _objective(_only("domain", "loss.domain_detach_hr=true"))
+    obj(hr, lr)[0].backward()
+    assert _has_grad(model.content_extractor) and not _has_grad(model.f_hr)

@@ -105,6 +105,10 @@ class LossConfig:
     # statistic the domain critic can miss. It narrows that latent gap but did not make DS blur
     # (docs/training.md, "What did not fix it"; content_target_sigma did).
     content_hf_match: float = 0.0
+    # [ours, off in the spec's objective] L1 between per-image, per-channel mean colours: each
+    # content picture and its target (stage 1), and in stage 2 the SR sample and its LR, the DS
+    # sample and its HR. The L1 terms fit medians and left SR a few levels off in colour.
+    colour: float = 0.0
     # Paired data only (data.paired), [ours]. The SR path from the true pairs: E(x) toward the
     # HR's own content z_c^h (detached), L1; the tau-0 SR of x toward y, L1. The DS path: the
     # tau-0 DS (a mixture mean as degradation) of y toward x, L1. With pairs the likelihoods are
@@ -117,6 +121,8 @@ class LossConfig:
     # the HR critic). With HR and LR photos of different scenes the low band differs by scene and
     # colour, and a critic that sees it drags E's colours toward the HR photos' (docs/training.md).
     critic_highpass: float = 0.0
+    # [ours] The domain term's generator side moves E only (z_c^h detached), not both contents.
+    domain_detach_hr: bool = False
     # Switches and details.
     nll_lr_detach_content: bool = True
     content_freeze_f_lr: bool = True
@@ -131,6 +137,10 @@ class LossConfig:
     # but not of the decoded contents. Tau-0 DS shows the content picture f_LR^-1(z_c^h); pinned to
     # a sharp bicubic image it cannot reproduce a blurred LR (docs/training.md, "What fixed DS").
     content_target_sigma: float = 0.0
+    # [ours] The x4 downscale that makes the HR side's content target and compares SR samples with
+    # their LR (pixel): bicubic (antialiased), or area, the 4x4 box mean f_HR's two squeezes can
+    # represent with its 1x1 convolutions alone.
+    content_kernel: str = "bicubic"
     stage2_tau: float = 0.8
     ds_sampler: str = "image"         # image | element
     quantize_fakes: bool = True
@@ -316,6 +326,8 @@ class TrainConfig:
                 _at_least(key, value, 0)
         if any(b >= 1 for b in o.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if self.loss.content_kernel not in ("bicubic", "area"):
+            raise ValueError(f"loss.content_kernel must be bicubic or area, got {self.loss.content_kernel!r}")
         if self.loss.cycle_space not in ("latent", "picture"):
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):
@@ -328,7 +340,7 @@ class TrainConfig:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",
                      "perceptual", "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match",
-                     "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll"):
+                     "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll", "colour"):
             _at_least(f"loss.{name}", getattr(self.loss, name), 0)
         valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
         bad = set(self.optim.freeze) - valid

@@ -57,6 +57,11 @@ def lsgan(pred: torch.Tensor, target: float) -> torch.Tensor:
     return (pred.float() - target).pow(2).mean()
 
 
+def mean_colour_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between the per-image, per-channel means of two batches (of any sizes)."""
+    return (a.float().mean(dim=(2, 3)) - b.float().mean(dim=(2, 3))).abs().mean()
+
+
 def low_pass_l1(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.l1_loss(gaussian_blur(a, sigma), gaussian_blur(b, sigma))
 
@@ -157,7 +162,7 @@ class GeneratorObjective(nn.Module):
         c = self.cfg
         has_vgg = self.vgg is not None
         w = {"nll_hr": c.nll_hr, "nll_lr": c.nll_lr, "content": c.content, "hr_mode": c.hr_mode,
-             "lr_mode": c.lr_mode, "content_hf_match": c.content_hf_match,
+             "lr_mode": c.lr_mode, "content_hf_match": c.content_hf_match, "colour": c.colour,
              "content_perceptual": c.content_perceptual if (has_vgg and c.content > 0) else 0.0,
              "domain": c.domain if "content" in self.critics else 0.0}
         if self.paired:
@@ -249,7 +254,8 @@ class GeneratorObjective(nn.Module):
 
         hr_small = None
         if w["content"] > 0 or stage2:
-            hr_small = downscale(hr, 4)  # antialiased bicubic: the low frequencies y and x share
+            # Antialiased bicubic (or `content_kernel`): the low frequencies y and x share.
+            hr_small = downscale(hr, 4, cfg.content_kernel)
         if w["content"] > 0:
             inv = (lambda z: call_frozen(m.f_lr, z, inverse=True)[0]) if cfg.content_freeze_f_lr \
                 else (lambda z: m.f_lr.inverse(z)[0])
@@ -265,6 +271,10 @@ class GeneratorObjective(nn.Module):
             terms["content_hr"] = low_pass_l1(lr_from_hr, target_hr, sigma_hr)
             terms["content_lr"] = low_pass_l1(lr_from_c, target_lr, sigma_lr)
             terms["content"] = terms["content_hr"] + terms["content_lr"]
+            if w["colour"] > 0:
+                # L1 fits medians: content pictures a few levels off in mean colour pass it, and SR
+                # inherits the tint. Image means are the statistic that matters here.
+                terms["colour"] = mean_colour_l1(lr_from_hr, hr_small) + mean_colour_l1(lr_from_c, lr)
             if w["content_perceptual"] > 0:
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_hr)
                                                + perceptual_distance(self.vgg, lr_from_c, target_lr))
@@ -274,7 +284,10 @@ class GeneratorObjective(nn.Module):
             terms["content_hf_match"] = hf_distribution_l1(c, z_c_h.detach())
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
-            v_c, v_h = self.critic_view("content", c), self.critic_view("content", z_c_h)
+            # With `domain_detach_hr` only E is moved: z_c^h is pinned to a known picture, and pulling
+            # it toward an E that is still wrong would spoil DS, which decodes it.
+            v_c = self.critic_view("content", c)
+            v_h = self.critic_view("content", z_c_h.detach() if cfg.domain_detach_hr else z_c_h)
             terms["domain"] = 0.5 * (lsgan(self._critic("content", v_c), 1.0)
                                      + lsgan(self._critic("content", v_h), 0.0))
             critic_inputs["content"] = (v_h.detach(), v_c.detach())
@@ -291,9 +304,11 @@ class GeneratorObjective(nn.Module):
                 terms["gan"] = lsgan(self._critic("hr", v_sr), 1.0) + lsgan(self._critic("lr", v_ds), 1.0)
                 critic_inputs["hr"] = (self.critic_view("hr", hr), v_sr.detach())
                 critic_inputs["lr"] = (self.critic_view("lr", lr), v_ds.detach())
-            y_sr_small = downscale(y_sr, 4)
+            y_sr_small = downscale(y_sr, 4, cfg.content_kernel)
             if w["pixel"] > 0:
                 terms["pixel"] = low_pass_l1(y_sr_small, lr, sigma) + low_pass_l1(x_ds, hr_small, sigma)
+            if w["colour"] > 0 and "colour" in terms:
+                terms["colour"] = terms["colour"] + mean_colour_l1(y_sr, lr) + mean_colour_l1(x_ds, hr)
             if w["perceptual"] > 0:
                 terms["perceptual"] = (perceptual_distance(self.vgg, y_sr_small, lr)
                                        + perceptual_distance(self.vgg, x_ds, hr_small))
