@@ -157,6 +157,8 @@ def test_paper_and_tiny_configs(tmp_path):
     tiny = TrainConfig.load(REPO / "configs" / "tiny.yaml", ["train.steps=10"])
     assert tiny.model_config() == ModelConfig.preset("tiny") and tiny.train.steps == 10
     TrainConfig.load(REPO / "configs" / "small.yaml")
+    unpaired = TrainConfig.load(REPO / "configs" / "unpaired.yaml")
+    assert unpaired.loss.cycle_space == "picture" and unpaired.train.amp == "bf16"
     # A saved config reads back identically.
     paper.save(tmp_path / "c.yaml")
     assert TrainConfig.load(tmp_path / "c.yaml") == paper
