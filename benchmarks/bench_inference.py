@@ -143,7 +143,7 @@ def _image(task, side, device):
     return (torch.rand(1, 3, side, side, generator=g) * 2 - 1).to(device)
 
 
-def speed(device, repeats, sr_sizes, ds_sizes, fp16_all):
+def speed(device, repeats, sr_sizes, ds_sizes, fp16_all, only=None):
     import torch
 
     model, source = bench_model(device)
@@ -153,13 +153,14 @@ def speed(device, repeats, sr_sizes, ds_sizes, fp16_all):
     lr, hr = _image("sr", 24, device), _image("ds", 64, device)
     err_sr, err_ds = AuthorsPath(model).check(lr, hr)
     print(f"authors-path emulation vs model: relative error SR {err_sr:.1e}, DS {err_ds:.1e}")
-    runners = {p: make_runner(model, p) for p in PATHS}
+    runners = {p: make_runner(model, p) for p in PATHS if not only or p in only or p == "authors"}
     print(f"{'task':<4} {'input':>9} {'path':<10} {'median s':>9} {'s/out MP':>9} {'speed-up':>9}  rounds")
     for task, sizes in (("sr", sr_sizes), ("ds", ds_sizes)):
         for side in sizes:
             x = _image(task, side, device)
             out_mp = (side * 4 if task == "sr" else side // 4) ** 2 / 1e6
-            paths = [p for p in PATHS if p != "library-fp16" or device == "cuda" or fp16_all or side == sizes[0]]
+            paths = [p for p in PATHS if (p != "library-fp16" or device == "cuda" or fp16_all or side == sizes[0])
+                     and (not only or p in only or p == "authors")]
             times = {p: [] for p in paths}
             for p in paths:  # warm-up
                 runners[p](task, x, 0.8)
@@ -509,6 +510,8 @@ def main(argv=None):
     ap.add_argument("--sr-sizes", type=int, nargs="+", default=SR_SIZES, help="LR sides for SR")
     ap.add_argument("--ds-sizes", type=int, nargs="+", default=DS_SIZES, help="HR sides for DS")
     ap.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when present")
+    ap.add_argument("--paths", nargs="+", choices=PATHS, default=None,
+                    help="--parts speed: only these paths (beside the authors' one, the baseline)")
     ap.add_argument("--fp16-all-sizes", action="store_true", help="time fp16 at every size on CPU too")
     ap.add_argument("--child-memory", nargs=4, metavar=("PATH", "TASK", "SIDE", "DEVICE"), help=argparse.SUPPRESS)
     ap.add_argument("--child-4k", nargs=3, metavar=("MODEL", "IMAGE", "OUT"), help=argparse.SUPPRESS)
@@ -528,7 +531,7 @@ def main(argv=None):
           f"torch {torch.__version__}, devices {devices}")
     for device in devices:
         if "speed" in args.parts:
-            speed(device, args.repeats, args.sr_sizes, args.ds_sizes, args.fp16_all_sizes)
+            speed(device, args.repeats, args.sr_sizes, args.ds_sizes, args.fp16_all_sizes, args.paths)
         if "floor" in args.parts:
             floor(device, args.repeats, args.sr_sizes[-1], args.ds_sizes[-1])
         if "samples" in args.parts:

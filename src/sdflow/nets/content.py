@@ -19,8 +19,9 @@ class FeatureModulation(nn.Module):
     """t -> t * s + b with (s, b) predicted from the modulation features m; s is bounded by a
     learnable gain k = exp(g), tanh(s / k) * k, which starts at k = 1.
 
-    Sampling form: `proj` split into its two halves (each output contiguous), 1 / (k + eps)
-    folded into the first one."""
+    Sampling form: `proj` split into its two halves (each output contiguous), 2 / (k + eps)
+    folded into the first one, and tanh(s) written 2 sigmoid(2s) - 1: without AVX-512, PyTorch's
+    tanh runs at a quarter of sigmoid's speed on a CPU, and it was a seventh of E's time."""
 
     fused = False
 
@@ -31,7 +32,9 @@ class FeatureModulation(nn.Module):
 
     def forward(self, t, m):
         if self.fused:
-            return torch.addcmul(self.proj_b(m), t, torch.tanh_(self.proj_s(m)), value=self.gain)
+            # t k tanh(s) + b = 2k t sigmoid(2s) - k t + b
+            out = torch.addcmul(self.proj_b(m), t, torch.sigmoid_(self.proj_s(m)), value=2.0 * self.gain)
+            return out.sub_(t, alpha=self.gain)
         s, b = self.proj(m).chunk(2, dim=1)
         k = torch.exp(self.log_gain)
         return t * (torch.tanh(s / (k + GAIN_EPS)) * k) + b
@@ -42,7 +45,7 @@ class FeatureModulation(nn.Module):
         w, b = exact(self.proj.weight), exact(self.proj.bias)
         # On the meta device: no initialisation (it would draw from torch's global generator).
         self.proj_s, self.proj_b = (nn.Conv2d(w.shape[1], c, 1, device="meta") for _ in range(2))
-        set_weights(self.proj_s, w[:c] / (k + GAIN_EPS), b[:c] / (k + GAIN_EPS))
+        set_weights(self.proj_s, w[:c] * (2.0 / (k + GAIN_EPS)), b[:c] * (2.0 / (k + GAIN_EPS)))
         set_weights(self.proj_b, w[c:], b[c:])
         self.gain = k
         del self.proj, self.log_gain
