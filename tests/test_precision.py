@@ -1,6 +1,7 @@
 """Reduced precision inside the networks only (sdflow.nets.precision, train.amp=bf16 on CPU):
 the networks compute in bfloat16, the flows (1x1 convolutions, latent state, log-determinants)
 stay float32, and an inverse still undoes its forward map."""
+import pytest
 import torch
 
 from sdflow.config import ModelConfig
@@ -102,3 +103,18 @@ def test_fp16_on_cpu_falls_back_to_float32_with_a_warning(tmp_path):
     train(make_cfg(data, **{"train.amp": "fp16", "train.steps": 1, "train.stage1_steps": 1}), tmp_path / "a")
     log = (tmp_path / "a" / "train.log").read_text()
     assert "train.amp=fp16 is not supported on cpu" in log and "amp none" in log
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_amp_auto_takes_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, native):
+    from test_train import make_data
+
+    import sdflow.train.loop as loop
+    monkeypatch.setattr(loop, "runs_natively", lambda device, precision: native and precision == "bf16")
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    data = make_data(tmp_path / "data")
+    train(make_cfg(data, **{"train.amp": "auto", "train.steps": 1, "train.stage1_steps": 1}), tmp_path / "a")
+    log = (tmp_path / "a" / "train.log").read_text()
+    want = "bf16" if native else "none"
+    assert f"train.amp=auto: {want} on this cpu" in log and f"amp {want}" in log
+    assert "emulates" not in log

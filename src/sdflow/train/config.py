@@ -42,7 +42,8 @@ class TrainSchedule:
     stage1_steps: int = 50_000        # N_pre: likelihood, content and domain terms only
     seed: int = 0
     grad_accum: int = 1
-    amp: str = "none"                 # none | bf16 | fp16: the networks inside the flows (fp16 CUDA only)
+    amp: str = "none"                 # none | auto | bf16 | fp16: the networks inside the flows (fp16 CUDA
+                                      # only; auto: bf16 where the device runs it natively, else none)
     max_consecutive_skips: int = 20
     device: str = "auto"              # auto | cpu | cuda
 
@@ -292,8 +293,8 @@ class TrainConfig:
                              f"twice and f_Deg once)")
         if d.hr_patch < 16:
             raise ValueError("data.hr_patch must be at least 16")
-        if t.amp not in ("none", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be none, bf16 or fp16, got {t.amp!r}")
+        if t.amp not in ("none", "auto", "bf16", "fp16"):
+            raise ValueError(f"train.amp must be none, auto, bf16 or fp16, got {t.amp!r}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
         o, lo, lg, v, dc = self.optim, self.loss, self.log, self.val, self.disc

@@ -35,7 +35,7 @@ from sdflow.data.datasets import DataError, worker_message
 from sdflow.flows.layers import ActNorm
 from sdflow.model import SDFlow
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
-from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision
+from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision, runs_natively
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig
 from sdflow.train.logging import RunLogger, image_grid
@@ -123,6 +123,9 @@ class _StopFlag:
         self._previous = {}
 
 
+AMP_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def _grad_scaler(enabled: bool):
     if hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
         return torch.amp.GradScaler("cuda", enabled=enabled)
@@ -165,10 +168,14 @@ class Trainer:
         self.micro = cfg.micro_batch(d.world_size)
 
         self.amp_dtype = None
-        if cfg.train.amp != "none":
-            wanted = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
+        amp = cfg.train.amp
+        if amp == "auto":  # bf16 where the device multiplies it natively: emulated it is slower
+            amp = "bf16" if runs_natively(d.device, "bf16") else "none"
+            self.logger.info(f"train.amp=auto: {amp} on this {d.device.type}")
+        if amp != "none":
+            wanted = torch.bfloat16 if amp == "bf16" else torch.float16
             if wanted not in SUPPORTED.get(d.device.type, ()):
-                self.logger.warning(f"train.amp={cfg.train.amp} is not supported on {d.device.type}; "
+                self.logger.warning(f"train.amp={amp} is not supported on {d.device.type}; "
                                     f"training in float32")
             else:
                 self.amp_dtype = wanted
@@ -592,7 +599,7 @@ class Trainer:
         self.logger.info(f"steps {cfg.train.steps} (stage 1 until {cfg.train.stage1_steps}) | batch "
                          f"{cfg.data.batch_size} = {d.world_size} rank(s) x {cfg.train.grad_accum} accumulation "
                          f"x {self.micro} | patches HR {cfg.data.hr_patch} / LR {cfg.data.lr_patch} | "
-                         f"lr halved at steps {cfg.milestones()} | amp {cfg.train.amp if self.amp_dtype else 'none'}")
+                         f"lr halved at steps {cfg.milestones()} | amp {AMP_NAMES.get(self.amp_dtype, 'none')}")
         w1 = self.gen_obj.weights(False)
         w2 = self.gen_obj.weights(True)
         self.logger.info("loss weights: stage 1 " + ", ".join(f"{k}={v:g}" for k, v in w1.items())
