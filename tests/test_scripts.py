@@ -77,3 +77,37 @@ def test_the_bundled_model_is_configs_default():
     cfg = TrainConfig.load(REPO / "configs" / "default.yaml")
     assert sdflow.load("default").config == cfg.model_config()
     assert bundled_metadata()["sdflow.train_config"].startswith("configs/default.yaml")
+
+
+def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path, capsys):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from sdflow.metrics import psnr_y
+    from sdflow.data.datasets import load_pair
+    from sdflow.resize import upscale
+
+    spec = importlib.util.spec_from_file_location("ys", REPO / "benchmarks" / "supervised_yardstick.py")
+    ys = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ys)
+    g = np.random.default_rng(0)
+    for split in ("pairs", "tune", "test"):
+        for i in range(2):
+            hr = g.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+            lr = np.asarray(Image.fromarray(hr).resize((24, 16), Image.BICUBIC))
+            for side, a in (("HR", hr), ("LR", lr)):
+                (tmp_path / "fam" / split / side).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(a).save(tmp_path / "fam" / split / side / f"{i}.png")
+    ys.main([str(tmp_path), "fam", "--steps", "0"])
+    out = capsys.readouterr().out
+    want = np.mean([psnr_y(ys.to_u8(upscale(lr, 4)), ys.to_u8(hr), 4)
+                    for hr, lr in (load_pair(tmp_path / "fam/test/HR" / f"{i}.png", tmp_path / "fam/test/LR" / f"{i}.png")
+                                   for i in range(2))])
+    line = next(l for l in out.splitlines() if l.startswith("fam test"))
+    cnn, bic = map(float, re.search(r"Y-PSNR ([\d.]+), bicubic ([\d.]+)", line).groups())
+    assert cnn == bic and abs(bic - want) < 0.005 and "gain +0.00" in line  # the zero tail: bicubic
+    ys.main([str(tmp_path), "fam", "--steps", "3", "--split", "test"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("fam test (2 pairs)") and "3 steps" in line
