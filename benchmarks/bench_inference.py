@@ -153,14 +153,14 @@ def speed(device, repeats, sr_sizes, ds_sizes, fp16_all, only=None):
     lr, hr = _image("sr", 24, device), _image("ds", 64, device)
     err_sr, err_ds = AuthorsPath(model).check(lr, hr)
     print(f"authors-path emulation vs model: relative error SR {err_sr:.1e}, DS {err_ds:.1e}")
-    runners = {p: make_runner(model, p) for p in PATHS if not only or p in only or p == "authors"}
+    chosen = [p for p in PATHS if not only or p in only or p == "authors"]
+    runners = {p: make_runner(model, p) for p in chosen}
     print(f"{'task':<4} {'input':>9} {'path':<10} {'median s':>9} {'s/out MP':>9} {'speed-up':>9}  rounds")
     for task, sizes in (("sr", sr_sizes), ("ds", ds_sizes)):
         for side in sizes:
             x = _image(task, side, device)
             out_mp = (side * 4 if task == "sr" else side // 4) ** 2 / 1e6
-            paths = [p for p in PATHS if (p != "library-fp16" or device == "cuda" or fp16_all or side == sizes[0])
-                     and (not only or p in only or p == "authors")]
+            paths = [p for p in chosen if p != "library-fp16" or device == "cuda" or fp16_all or side == sizes[0]]
             times = {p: [] for p in paths}
             for p in paths:  # warm-up
                 runners[p](task, x, 0.8)

@@ -8,7 +8,7 @@ head, residual blocks, a x4 pixel shuffle, plus the bicubic upscale of its input
     python benchmarks/supervised_yardstick.py WORK FAMILY [--steps 3000] [--split tune test]
 
 WORK is `benchmarks/unpaired_protocol.py data WORK`'s folder; training reads WORK/FAMILY/pairs,
-scoring WORK/FAMILY/tune and test (Y-PSNR with a 4-pixel border, outputs rounded to 8 bits, as `sdflow
+scoring WORK/FAMILY/tune and test (Y-PSNR through `sdflow.evaluation.scoring`, as `sdflow
 eval` scores SR; the bicubic figure printed beside it must equal that of `sdflow eval`).
 Pin it to a core for timing (`taskset -c N`, one thread).
 """
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sdflow.data.datasets import load_pair, paired_images
-from sdflow.metrics import psnr_y
+from sdflow.evaluation.scoring import quantised, sr_scores
 from sdflow.resize import upscale
 
 
@@ -64,17 +64,16 @@ def batches(pairs, steps, batch, lr_patch, seed):
         yield torch.cat(hrs), torch.cat(lrs)
 
 
-def to_u8(x: torch.Tensor) -> np.ndarray:
-    return ((x[0].clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).to(torch.uint8).numpy()
-
-
 def score(net, folder):
+    """Mean SR Y-PSNR of `net` and of bicubic upscaling over a folder's pairs, quantised and
+    scored by `sdflow eval`'s own functions."""
     rows = []
     with torch.no_grad():
         for hr_path, lr_path in paired_images(folder / "HR", folder / "LR"):
             hr, lr = load_pair(hr_path, lr_path)
-            ref = to_u8(hr)
-            rows.append((psnr_y(to_u8(net(lr)), ref, 4), psnr_y(to_u8(upscale(lr, 4)), ref, 4)))
+            ref, src = quantised(hr), quantised(lr)
+            rows.append(tuple(sr_scores(quantised(y), ref, src, ("psnr_y",))["psnr_y"]
+                              for y in (net(lr), upscale(lr, 4))))
     return np.mean([r[0] for r in rows]), np.mean([r[1] for r in rows]), len(rows)
 
 

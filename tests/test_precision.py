@@ -109,8 +109,9 @@ def test_fp16_on_cpu_falls_back_to_float32_with_a_warning(tmp_path):
 def test_amp_auto_takes_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monkeypatch, native):
     from test_train import make_data
 
+    import sdflow.nets.precision as precision
     import sdflow.train.loop as loop
-    monkeypatch.setattr(loop, "runs_natively", lambda device, precision: native and precision == "bf16")
+    monkeypatch.setattr(precision, "runs_natively", lambda device, p: native and p == "bf16")
     monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
     data = make_data(tmp_path / "data")
     train(make_cfg(data, **{"train.amp": "auto", "train.steps": 1, "train.stage1_steps": 1}), tmp_path / "a")

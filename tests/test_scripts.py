@@ -1,4 +1,4 @@
-"""The maintenance scripts under scripts/ (training curves, bundling the default model)."""
+"""The maintenance scripts under scripts/ (training curves, bundling the default model) and the supervised yardstick under benchmarks/."""
 import importlib.util
 import math
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+def script(name, folder="scripts"):
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -87,11 +87,10 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
 
     from sdflow.metrics import psnr_y
     from sdflow.data.datasets import load_pair
+    from sdflow.evaluation.scoring import quantised
     from sdflow.resize import upscale
 
-    spec = importlib.util.spec_from_file_location("ys", REPO / "benchmarks" / "supervised_yardstick.py")
-    ys = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ys)
+    ys = script("supervised_yardstick", "benchmarks")
     g = np.random.default_rng(0)
     for split in ("pairs", "tune", "test"):
         for i in range(2):
@@ -102,7 +101,7 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
                 Image.fromarray(a).save(tmp_path / "fam" / split / side / f"{i}.png")
     ys.main([str(tmp_path), "fam", "--steps", "0"])
     out = capsys.readouterr().out
-    want = np.mean([psnr_y(ys.to_u8(upscale(lr, 4)), ys.to_u8(hr), 4)
+    want = np.mean([psnr_y(quantised(upscale(lr, 4)), quantised(hr), 4)
                     for hr, lr in (load_pair(tmp_path / "fam/test/HR" / f"{i}.png", tmp_path / "fam/test/LR" / f"{i}.png")
                                    for i in range(2))])
     line = next(l for l in out.splitlines() if l.startswith("fam test"))

@@ -35,7 +35,7 @@ from sdflow.data.datasets import DataError, worker_message
 from sdflow.flows.layers import ActNorm
 from sdflow.model import SDFlow
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
-from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision, runs_natively
+from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision, resolve_precision
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig
 from sdflow.train.logging import RunLogger, image_grid
@@ -169,8 +169,8 @@ class Trainer:
 
         self.amp_dtype = None
         amp = cfg.train.amp
-        if amp == "auto":  # bf16 where the device multiplies it natively: emulated it is slower
-            amp = "bf16" if runs_natively(d.device, "bf16") else "none"
+        if amp == "auto":  # inference's --precision auto: bf16 where it runs natively, else float32
+            amp = {"fp32": "none"}.get(resolve_precision("auto", d.device), "bf16")
             self.logger.info(f"train.amp=auto: {amp} on this {d.device.type}")
         if amp != "none":
             wanted = torch.bfloat16 if amp == "bf16" else torch.float16
