@@ -341,3 +341,32 @@ def test_float32_stays_float32_when_the_user_asks_onednn_for_bf16(tiny):
     assert rel_err(fused_under_flag, modules) < 1e-5
     if not torch.equal(modules_bf16, modules):  # the flag does act on this CPU: it would have been seen
         assert rel_err(modules_bf16, modules) > 10 * rel_err(fused_under_flag, modules)
+
+
+def test_ds_content_picture_downscales_from_f_lr_of_the_blurred_bicubic_picture(tmp_path):
+    """model.ds_content=picture: DS starts from f_LR(blur(bicubic_down(hr))), in the modules and in
+    the sampling form alike, and the setting survives saving and loading."""
+    from dataclasses import replace
+    from sdflow.checkpoints import save_model
+    from sdflow.resize import downscale, gaussian_blur
+    import sdflow
+    base = perturbed()
+    model = SDFlow(replace(base.config, ds_content="picture", ds_content_sigma=0.7))
+    model.load_state_dict(base.state_dict())
+    model.eval()
+    hr = torch.rand(1, 3, 32, 48) * 2 - 1
+    d = model.sample_deg_latent(hr, 0.0)
+    with torch.no_grad():
+        z_c = model.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0]
+        expect = model.f_lr.inverse(z_c + model.f_deg.inverse(d, z_c)[0])[0]
+        flow_content = base.hr_content(hr)
+    assert torch.allclose(model.hr_content(hr), z_c, atol=1e-6)
+    assert (flow_content - z_c).abs().max() > 1e-2  # the two settings do differ
+    out = model.downscale(hr, deg_latent=d)                      # the sampling form
+    assert list(model._sampling_forms) == ["fp32"] and rel_err(out, expect) < 1e-4
+    assert rel_err(base.downscale(hr, deg_latent=d), expect) > 1e-3
+    loaded = sdflow.load(save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.config.ds_content == "picture" and loaded.config.ds_content_sigma == 0.7
+    assert rel_err(loaded.downscale(hr, deg_latent=d), expect) < 1e-4
+    with pytest.raises(ValueError, match="ds_content"):
+        replace(base.config, ds_content="bicubic")

@@ -861,6 +861,110 @@ def test_cycle_tau_draws_the_cycles_own_samples(monkeypatch):
     assert taus == [0.5]
 
 
+def test_sr_content_target_trains_the_sr_side_on_the_target_pictures_content():
+    """sr_content=target: hr_mode decodes, f_HF's likelihood is conditioned on, and the content cycle
+    aims at f_LR(blurred bicubic image), not z_c^h; f_LR is not moved by them."""
+    from sdflow.model import HF_CHANNELS
+    from sdflow.resize import downscale
+    from sdflow.train.objective import sr_from_content
+    over = ["loss.content_target_sigma=0.7", "loss.cycle_space=picture"]
+    obj, model, _, hr, lr = _objective(_only("hr_mode", "loss.sr_content=target", *over))
+    obj.dequantize_inputs = False  # z_c^h of the patch itself, for exact comparisons
+    with torch.no_grad():
+        z_t = model.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0]
+        z_c_h = model.encode_hr(hr)[0]
+        expect_t = (sr_from_content(model, z_t, 0.0) - hr).abs().mean()
+        expect_h = (sr_from_content(model, z_c_h, 0.0) - hr).abs().mean()
+    total, terms, _ = obj(hr, lr)
+    assert float(terms["hr_mode"]) == pytest.approx(float(expect_t), rel=1e-5)
+    assert abs(float(expect_t) - float(expect_h)) > 1e-4  # the two contents decode differently
+    total.backward()
+    assert _has_grad(model.f_hr) and _has_grad(model.f_hf) and not _has_grad(model.f_lr)
+    latent = _objective(_only("hr_mode", *over))[0]
+    latent.dequantize_inputs = False
+    assert float(latent(hr, lr)[1]["hr_mode"]) == pytest.approx(float(expect_h), rel=1e-5)
+
+    obj, model, _, hr, lr = _objective(_only("nll_hr", "loss.sr_content=target", *over))
+    obj.dequantize_inputs = False
+    with torch.no_grad():
+        z_t = model.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0]
+        _, z_h, logdet = model.encode_hr(hr)
+        expect = bits_per_dim_nll(logdet + model.f_hf(z_h, z_t)[1], hr).mean()
+    assert float(obj(hr, lr)[1]["nll_hr"]) == pytest.approx(float(expect), rel=1e-5, abs=1e-6)
+
+    obj, model, _, hr, lr = _objective(_only("content_cycle", "loss.sr_content=target", *over))
+    seen = []
+    orig = obj.content_distance
+    obj.content_distance = lambda c, target: seen.append(target) or orig(c, target)
+    obj(hr, lr, stage2=True)
+    with torch.no_grad():
+        z_t = model.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0]
+    assert len(seen) == 1 and torch.allclose(seen[0], z_t, atol=1e-6)
+    assert HF_CHANNELS + 3 == 48  # the split the decode above relies on
+
+
+def test_ds_content_picture_trains_ds_from_the_target_pictures_content(monkeypatch):
+    """With the model's ds_content=picture the DS samples of stage 2 (critics' and cycles') and the
+    paired DS term start from f_LR(blurred bicubic image); the config refuses a mismatched target."""
+    from dataclasses import replace
+    import sdflow.train.objective as O
+    from sdflow.resize import downscale
+    cfg = TrainConfig.from_dict(apply_overrides({}, ["loss.content_target_sigma=0.7", "loss.cycle_tau=1.0",
+                                                     "loss.sr_cycle=1.0"])).loss
+    torch.manual_seed(0)
+    base = SDFlow(ModelConfig.preset("tiny")).train()
+    model = SDFlow(replace(base.config, ds_content="picture", ds_content_sigma=0.7)).train()
+    hr, lr = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    seen = []
+    orig = O.ds_from_content
+    monkeypatch.setattr(O, "ds_from_content", lambda m, z, tau, s: seen.append(z) or orig(m, z, tau, s))
+    for paired in (False, True):
+        obj = GeneratorObjective(model, cfg, paired=paired)
+        with torch.no_grad():
+            obj(hr, lr)  # ActNorm initialisation
+        seen.clear()
+        obj(hr, lr, stage2=True)
+        with torch.no_grad():
+            z_t = model.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0]
+        assert len(seen) >= 2 and all(torch.allclose(z, z_t, atol=1e-6) for z in seen)
+    seen.clear()
+    obj = GeneratorObjective(base, cfg)
+    with torch.no_grad():
+        obj(hr, lr)
+    obj(hr, lr, stage2=True)
+    assert seen and not torch.allclose(seen[0], base.f_lr(gaussian_blur(downscale(hr, 4), 0.7))[0], atol=1e-3)
+    good = ["model.preset=tiny", "model.ds_content=picture", "model.ds_content_sigma=0.7"]
+    TrainConfig.from_dict(apply_overrides({}, good + ["loss.content_target_sigma=0.7"])).validate()
+    with pytest.raises(ValueError, match="content_target_sigma"):
+        TrainConfig.from_dict(apply_overrides({}, good + ["loss.content_target_sigma=0.5"])).validate()
+
+
+def test_content_prior_scores_z_c_under_a_gaussian_at_the_target_content():
+    """content_prior_sigma=s adds log N(f_LR^-1(z_c^h); target picture, s^2) + log|det df_LR^-1| to
+    NLL_HR's density: it reaches f_HR (through z_c^h) but not f_LR (held fixed there)."""
+    import math as _m
+    from sdflow.resize import downscale
+    over = ["loss.content_target_sigma=0.7"]
+    obj, model, _, hr, lr = _objective(_only("nll_hr", *over))
+    obj.dequantize_inputs = False
+    base = float(obj(hr, lr)[1]["nll_hr"])
+    obj, model, _, hr, lr = _objective(_only("nll_hr", "loss.content_prior_sigma=0.05", *over))
+    obj.dequantize_inputs = False
+    with torch.no_grad():
+        pic, logdet = model.f_lr.inverse(model.encode_hr(hr)[0])
+        e = pic - gaussian_blur(downscale(hr, 4), 0.7)
+        log_n = (-0.5 * (e / 0.05) ** 2 - _m.log(0.05) - 0.5 * _m.log(2 * _m.pi)).flatten(1).sum(1) + logdet
+        dims = hr[0].numel()
+        expect = base - float(log_n.mean()) / (dims * _m.log(2.0))
+    total, terms, _ = obj(hr, lr)
+    assert float(terms["nll_hr"]) == pytest.approx(expect, rel=1e-5)
+    assert abs(float(terms["nll_hr"]) - base) > 1e-2
+    total.backward()
+    assert _has_grad(model.f_hr) and not _has_grad(model.f_lr)
+    with pytest.raises(ValueError, match="content_prior_sigma"):
+        TrainConfig.from_dict(apply_overrides({}, ["loss.content_prior_sigma=-1"])).validate()
+
+
 def test_domain_detach_hr_moves_only_e():
     obj, model, _, hr, lr = _objective(_only("domain"))
     obj(hr, lr)[0].backward()

@@ -45,8 +45,21 @@ class ModelConfig:
     extractor_channels: int = 64  # width of the content extractor E
     extractor_blocks: int = 16    # modulated residual blocks of E
     extractor_modulation_convs: int = 8
+    # [ours] Where DS takes an HR image's content: "flow", z_c of f_HR (the paper's), or
+    # "picture", f_LR of the image's x4 bicubic downscale blurred by `ds_content_sigma` LR pixels,
+    # the picture that training pins z_c to. f_HR's z_c misses that picture by a detail code of
+    # several 8-bit levels (docs/training.md, "The content code"), and DS shows it.
+    ds_content: str = "flow"
+    ds_content_sigma: float = 0.7
 
     PRESETS = ("paper", "tiny", "small")
+    DS_CONTENTS = ("flow", "picture")
+
+    def __post_init__(self):
+        if self.ds_content not in self.DS_CONTENTS:
+            raise ValueError(f"ds_content must be one of {', '.join(self.DS_CONTENTS)}, got {self.ds_content!r}")
+        if not self.ds_content_sigma >= 0:
+            raise ValueError(f"ds_content_sigma must be >= 0, got {self.ds_content_sigma}")
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
@@ -72,7 +85,8 @@ class ModelConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**{k: int(v) for k, v in d.items()})
+        kinds = {"int": int, "float": float, "str": str}
+        return cls(**{f.name: kinds[f.type](d[f.name]) for f in fields(cls) if f.name in d})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

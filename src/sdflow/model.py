@@ -30,6 +30,7 @@ from sdflow.flows.layers import FusedFlow
 from sdflow.flows.mixture import GaussianMixturePrior
 from sdflow.nets.content import ContentExtractor
 from sdflow.nets.precision import DTYPES, ieee_float32, reduced_precision, resolve_precision
+from sdflow.resize import downscale as bicubic_downscale, gaussian_blur
 
 CONTENT_CHANNELS = 3
 HF_CHANNELS = 45
@@ -176,8 +177,16 @@ class SDFlow(nn.Module):
         return self.deg_prior.sample(shape, tau, component, sampler, generator).to(self.dtype)
 
     def hr_content(self, hr: torch.Tensor) -> torch.Tensor:
-        """z_c of an HR image whose sides are multiples of 8."""
+        """The content DS starts from, of an HR image whose sides are multiples of 8: z_c of f_HR,
+        or with `config.ds_content` "picture" f_LR of `content_picture(hr)`."""
+        if self.config.ds_content == "picture":
+            return self.f_lr(self.content_picture(hr))[0]
         return self.f_hr(hr)[0][:, :CONTENT_CHANNELS]
+
+    def content_picture(self, hr: torch.Tensor) -> torch.Tensor:
+        """The LR picture of an HR image's content: its x4 antialiased bicubic downscale blurred by
+        `config.ds_content_sigma` LR pixels."""
+        return gaussian_blur(bicubic_downscale(hr, SCALE), self.config.ds_content_sigma)
 
     @torch.no_grad()
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,
@@ -347,7 +356,11 @@ class _FusedSteps:
             self._deg_net = model.f_deg.cond_net.fused_copy(dtype, fmt)
             self._hf_inverse = FusedFlow(model.f_hf, -1, dtype, fmt)
             self._hr_inverse = FusedFlow(model.f_hr, -1, dtype, fmt)
-            self._hr_content = FusedFlow(model.f_hr, 1, dtype, fmt, keep=CONTENT_CHANNELS)
+            if model.config.ds_content == "picture":
+                self._content_picture = model.content_picture
+                self._lr_forward = FusedFlow(model.f_lr, 1, torch.float32, fmt)
+            else:
+                self._hr_content = FusedFlow(model.f_hr, 1, dtype, fmt, keep=CONTENT_CHANNELS)
             self._deg_inverse = FusedFlow(model.f_deg, -1, dtype, fmt)
             self._lr_inverse = FusedFlow(model.f_lr, -1, torch.float32, fmt)
 
@@ -374,6 +387,8 @@ class _FusedSteps:
         return self._hr_inverse(z)
 
     def hr_content(self, hr):
+        if hasattr(self, "_lr_forward"):
+            return self._lr_forward(self._content_picture(hr.float()))
         return self._hr_content(hr)
 
     def deg_condition(self, z_c):

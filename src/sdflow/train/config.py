@@ -122,6 +122,18 @@ class LossConfig:
     # the HR critic). With HR and LR photos of different scenes the low band differs by scene and
     # colour, and a critic that sees it drags E's colours toward the HR photos' (docs/training.md).
     critic_highpass: float = 0.0
+    # [ours] The HR's content as the SR side sees it: latent (z_c^h itself, the spec's) or target
+    # (f_LR of the content target picture, the blurred bicubic image, f_LR fixed). f_HR's likelihood
+    # leaves z_c^h unmodelled, so f_HR writes HR detail into it as a code of a few 8-bit levels
+    # that f_HR^-1 then reads, and that no E can read off a real LR. `target` trains what SR
+    # depends on (f_HF's condition in NLL_HR, hr_mode's decode, the content cycle's and
+    # paired_content's target) on a content without the code (docs/training.md, "The code").
+    sr_content: str = "latent"
+    # [ours] 0 = off (the spec's). s > 0: NLL_HR also scores z_c^h, under the density that f_LR
+    # carries N(target picture, s^2 I) to (s in image units, [-1, 1]; f_LR fixed): log N(f_LR^-1(z_c^h);
+    # target, s^2) + log|det d f_LR^-1 / dz|. Without a density for z_c, growing z_c^h or writing a
+    # code into it is free log-determinant for f_HR; with one, every level of code costs nats.
+    content_prior_sigma: float = 0.0
     # [ours] The domain term's generator side moves E only (z_c^h detached), not both contents.
     domain_detach_hr: bool = False
     # Switches and details.
@@ -264,8 +276,9 @@ class TrainConfig:
             raise ValueError(f"unknown model keys {sorted(unknown)}; valid: preset, {', '.join(base)}")
         for k, v in m.items():
             # The section is a free mapping, so its values arrive unchecked by _build.
-            m[k] = _coerce(int, v, f"model.{k}")
-            _at_least(f"model.{k}", m[k], _MODEL_MINIMUM.get(k, 1))
+            m[k] = _coerce(type(base[k]), v, f"model.{k}")
+            if isinstance(m[k], int):
+                _at_least(f"model.{k}", m[k], _MODEL_MINIMUM.get(k, 1))
         base.update(m)
         return ModelConfig.from_dict(base)
 
@@ -329,6 +342,15 @@ class TrainConfig:
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if self.loss.content_kernel not in ("bicubic", "area"):
             raise ValueError(f"loss.content_kernel must be bicubic or area, got {self.loss.content_kernel!r}")
+        mc = self.model_config()
+        if mc.ds_content == "picture" and (self.loss.content_kernel != "bicubic"
+                                           or self.loss.content_target_sigma != mc.ds_content_sigma):
+            raise ValueError(f"model.ds_content=picture: DS starts from the content target picture, so "
+                             f"loss.content_kernel must be bicubic (is {self.loss.content_kernel}) and "
+                             f"loss.content_target_sigma ({self.loss.content_target_sigma}) must equal "
+                             f"model.ds_content_sigma ({mc.ds_content_sigma})")
+        if self.loss.sr_content not in ("latent", "target"):
+            raise ValueError(f"loss.sr_content must be latent or target, got {self.loss.sr_content!r}")
         if self.loss.cycle_space not in ("latent", "picture"):
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):
@@ -341,7 +363,8 @@ class TrainConfig:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",
                      "perceptual", "content_cycle", "hr_mode", "lr_mode", "sr_cycle", "ds_hf_match",
-                     "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll", "colour"):
+                     "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll", "colour",
+                     "content_prior_sigma"):
             _at_least(f"loss.{name}", getattr(self.loss, name), 0)
         valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
         bad = set(self.optim.freeze) - valid

@@ -39,6 +39,12 @@ def bits_per_dim_nll(log_density: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     return -(log_density.float() + dims * math.log(EIGHT_BIT_STEP)) / (dims * math.log(2.0))
 
 
+def gaussian_log_density(e: torch.Tensor, sigma: float) -> torch.Tensor:
+    """log N(e; 0, sigma^2 I) per sample, in nats."""
+    e = e.float().flatten(1)
+    return -0.5 * (e / sigma).pow(2).sum(1) - e.shape[1] * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+
+
 def dequantize(x: torch.Tensor) -> torch.Tensor:
     """Uniform noise over the image's 8-bit bin: without it a continuous density can
     grow without bound on the 256 discrete values."""
@@ -203,6 +209,13 @@ class GeneratorObjective(nn.Module):
             ref = inv(target)
         return F.l1_loss(inv(c), ref)
 
+    def content_log_prior(self, z_c: torch.Tensor, target_pic: torch.Tensor) -> torch.Tensor:
+        """log p(z_c) in nats per sample under f_LR's image of N(target picture, s^2 I) (f_LR's
+        parameters untouched; gradients reach z_c): in picture units, so the latent's scale and
+        f_LR's gain do not change what a level of difference costs."""
+        pic, logdet = call_frozen(self.model.f_lr, z_c, inverse=True)
+        return gaussian_log_density(pic - target_pic.detach(), self.cfg.content_prior_sigma) + logdet
+
     def critic_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """What critic `name` judges of x: x itself, or with `critic_highpass` > 0 only what a
         Gaussian low-pass of that many LR pixels leaves (4x as many on the HR critic's HR
@@ -226,34 +239,46 @@ class GeneratorObjective(nn.Module):
         # One pass of f_HR serves the likelihood, the content, the domain and DS terms.
         z_c_h, z_h, logdet_hr = m.encode_hr(hr_in)
         c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
+        # The HR's content where the SR side learns from it (loss.sr_content) and where DS starts
+        # (the model's ds_content): z_c^h, or f_LR of the content target picture, fixed.
+        hr_small, z_c_pic = None, None
+        if cfg.sr_content == "target" or m.config.ds_content == "picture" or cfg.content_prior_sigma > 0:
+            hr_small = downscale(hr, 4, cfg.content_kernel)
+            target_pic = gaussian_blur(hr_small, cfg.content_target_sigma)
+            with torch.no_grad():
+                z_c_pic = m.f_lr(target_pic)[0]
+        z_c_sr = z_c_pic if cfg.sr_content == "target" else z_c_h
+        z_c_ds = z_c_pic if m.config.ds_content == "picture" else z_c_h
 
         if w["nll_hr"] > 0:
             # The spec's stop-gradient: f_HF may not shape the content. With pairs, f_HF learns the
             # HR's detail given what SR will condition it on, E(x): supervised flow SR.
-            _, logdet_hf = m.f_hf(z_h, (c if self.paired else z_c_h).detach())
-            terms["nll_hr"] = bits_per_dim_nll(logdet_hr + logdet_hf, hr).mean()
+            _, logdet_hf = m.f_hf(z_h, (c if self.paired else z_c_sr).detach())
+            log_density = logdet_hr + logdet_hf
+            if cfg.content_prior_sigma > 0:
+                log_density = log_density + self.content_log_prior(z_c_h, target_pic)
+            terms["nll_hr"] = bits_per_dim_nll(log_density, hr).mean()
         if w["nll_lr"] > 0:
             # With pairs, f_Deg learns the real LR's degradation given the HR's own content.
-            cond = z_c_h.detach() if self.paired else (c.detach() if cfg.nll_lr_detach_content else c)
+            cond = z_c_ds.detach() if self.paired else (c.detach() if cfg.nll_lr_detach_content else c)
             z_lr, logdet_lr = m.f_lr(lr_in)
             z_deg, logdet_deg = m.f_deg(z_lr - cond, cond)
             terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
 
         if w["hr_mode"] > 0:
-            terms["hr_mode"] = F.l1_loss(sr_from_content(m, z_c_h, 0.0), hr)
+            terms["hr_mode"] = F.l1_loss(sr_from_content(m, z_c_sr, 0.0), hr)
         if w["lr_mode"] > 0:
             terms["lr_mode"] = F.l1_loss(ds_from_content(m, c.detach(), 0.0, cfg.ds_sampler), lr)
 
         if self.paired:
             if w["paired_content"] > 0:
-                terms["paired_content"] = self.content_distance(c, z_c_h)
+                terms["paired_content"] = self.content_distance(c, z_c_sr)
             if w["paired_sr"] > 0:
                 terms["paired_sr"] = F.l1_loss(sr_from_content(m, c, 0.0), hr)
             if w["paired_ds"] > 0:
-                terms["paired_ds"] = F.l1_loss(ds_from_content(m, z_c_h, 0.0, cfg.ds_sampler), lr)
+                terms["paired_ds"] = F.l1_loss(ds_from_content(m, z_c_ds, 0.0, cfg.ds_sampler), lr)
 
-        hr_small = None
-        if w["content"] > 0 or stage2:
+        if hr_small is None and (w["content"] > 0 or stage2):
             # Antialiased bicubic (or `content_kernel`): the low frequencies y and x share.
             hr_small = downscale(hr, 4, cfg.content_kernel)
         if w["content"] > 0:
@@ -295,7 +320,7 @@ class GeneratorObjective(nn.Module):
         if stage2:
             tau = cfg.stage2_tau
             y_sr = sr_from_content(m, c, tau)                       # SR from real LR
-            x_ds = ds_from_content(m, z_c_h, tau, cfg.ds_sampler)   # DS from real HR
+            x_ds = ds_from_content(m, z_c_ds, tau, cfg.ds_sampler)  # DS from real HR
             y_sr_j = quantize_st(y_sr) if cfg.quantize_fakes else y_sr
             x_ds_j = quantize_st(x_ds) if cfg.quantize_fakes else x_ds
 
@@ -322,13 +347,13 @@ class GeneratorObjective(nn.Module):
             x_cyc = x_ds_j
             if cfg.cycle_tau is not None and cfg.cycle_tau != tau and cfg.cycle_detach_ds:
                 with torch.no_grad():
-                    x_cyc = ds_from_content(m, z_c_h, cfg.cycle_tau, cfg.ds_sampler)
+                    x_cyc = ds_from_content(m, z_c_ds, cfg.cycle_tau, cfg.ds_sampler)
                     x_cyc = quantize_st(x_cyc) if cfg.quantize_fakes else x_cyc
             c_ds = None
             if w["content_cycle"] > 0:
                 x_in = x_cyc.detach() if cfg.cycle_detach_ds else x_cyc
                 c_ds = m.content(x_in)
-                terms["content_cycle"] = self.content_distance(c_ds, z_c_h)
+                terms["content_cycle"] = self.content_distance(c_ds, z_c_sr)
             if (w["sr_cycle"] > 0 or w["sr_cycle_nll"] > 0) and (c_ds is None or not cfg.cycle_detach_ds):
                 c_ds = m.content(x_cyc.detach())
             if w["sr_cycle"] > 0:
