@@ -1,4 +1,4 @@
-"""The maintenance scripts under scripts/ (training curves, bundling the default model) and the supervised yardstick under benchmarks/."""
+"""The maintenance scripts under scripts/ (training curves, bundling the default model), and the supervised yardstick and the content probe under benchmarks/."""
 import importlib.util
 import math
 from pathlib import Path
@@ -110,3 +110,36 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
     ys.main([str(tmp_path), "fam", "--steps", "3", "--split", "test"])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("fam test (2 pairs)") and "3 steps" in line
+
+
+def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, capsys):
+    """The probe's "sr E(x)" is the model's own tau-0 SR and its "ds" the model's tau-0 DS, scored
+    as eval scores them; the oracle and target rows are of the same pair."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import sdflow
+    from sdflow.data.datasets import load_pair
+    from sdflow.evaluation.scoring import quantised
+    from sdflow.metrics import psnr, psnr_y
+
+    probe = script("content_probe", "benchmarks")
+    g = np.random.default_rng(0)
+    hr = np.asarray(Image.fromarray(g.integers(0, 256, (16, 24, 3), dtype=np.uint8)).resize((96, 64), Image.BICUBIC))
+    lr = np.asarray(Image.fromarray(hr).resize((24, 16), Image.BICUBIC))
+    for folder, a in (("tune/HR", hr), ("tune/LR", lr), ("train_HR", hr)):
+        (tmp_path / "fam" / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "fam" / folder / "0.png")
+    got, fits, n = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1)
+    m = sdflow.load(tiny_model_path, dtype=torch.float32).eval()
+    t_hr, t_lr = load_pair(tmp_path / "fam/tune/HR/0.png", tmp_path / "fam/tune/LR/0.png")
+    want_sr = psnr_y(quantised(m.super_resolve(t_lr, 0.0, precision="fp32")), quantised(t_hr), 4)
+    seed0 = torch.Generator().manual_seed(0)
+    want_ds = psnr(quantised(m.downscale(t_hr, 0.0, precision="fp32", generator=seed0)), quantised(t_lr))
+    assert n == 1 and abs(got["sr E(x)"] - want_sr) < 0.02 and abs(got["ds"] - want_ds) < 0.02
+    assert abs(got["ds target"] - got["LR ~ target"]) < 1e-6   # one PSNR, both ways
+    assert got["sr z_c^h"] != got["sr z_c^t"] and set(fits) == {"train sr z_c^t", "train bicubic target"}
+    probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]

@@ -1,0 +1,117 @@
+"""Where a trained model's tau-0 SR and DS lose to bicubic: decode the same photos from several
+contents and compare (issue 16; docs/training.md, "The content code").
+
+    python benchmarks/content_probe.py RUN/model.safetensors /tmp/proto/realistic [--split tune]
+
+The family folder is one that `benchmarks/unpaired_protocol.py data` wrote (SPLIT/HR, SPLIT/LR,
+train_HR). Printed, as means over the split's pairs:
+
+- SR Y-PSNR (4-pixel border, as `sdflow eval`) of f_HR^-1([z_c, f_HF^-1(0; z_c)]) for z_c = E(x)
+  (the model's SR), z_c^h = the HR's own f_HR content (an oracle E), z_c^h with its content
+  picture rounded to 8 bits, and z_c^t = f_LR(target picture), the target picture being the HR's
+  x4 bicubic downscale blurred by --sigma LR pixels (what training pins the content to);
+  bicubic upscaling of the real LR and of the target picture beside them;
+- PSNR to the target picture of E's content picture f_LR^-1(E(x)), of f_HR's f_LR^-1(z_c^h), and
+  of the real LR itself;
+- DS PSNR against the real LR of the tau-0 DS (the model's own content setting), of f_HR's content
+  picture and of the target picture;
+- the decode of z_c^t against bicubic upscaling of the target picture on every 6th training HR
+  tile too: below bicubic on the training photos means the SR path underfits, not that it fails
+  to carry over.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import sdflow  # noqa: E402
+from sdflow.data.datasets import load_pair  # noqa: E402
+from sdflow.evaluation.results import SR_BORDER  # noqa: E402
+from sdflow.evaluation.scoring import quantised  # noqa: E402
+from sdflow.imageio import read_rgb8  # noqa: E402
+from sdflow.metrics import psnr, psnr_y  # noqa: E402
+from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS  # noqa: E402
+from sdflow.resize import downscale, gaussian_blur, upscale  # noqa: E402
+
+
+def decode(m, z_c):
+    return m.decode_hr(z_c, m.f_hf.sample(z_c, HF_CHANNELS, 0.0))
+
+
+def rounded(x):
+    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
+def probe_pair(m, hr, lr, sigma):
+    """One (HR, LR) pair of tensors in [-1, 1], the HR cut to 4x the LR: the figures of one row."""
+    q = quantised
+    ref_hr, ref_lr = q(hr), q(lr)
+    sr = lambda y: psnr_y(q(y), ref_hr, SR_BORDER)  # noqa: E731
+    target = gaussian_blur(downscale(hr, 4), sigma)
+    z_h = m.encode_hr(hr)[0][:, :CONTENT_CHANNELS]
+    pic_h = m.f_lr.inverse(z_h)[0]
+    z_t = m.f_lr(target)[0]
+    c = m.content(lr)
+    to_target = lambda x: psnr(q(x), q(target))  # noqa: E731
+    # At tau 0 the image sampler still draws the mixture component: seeded, as eval seeds it.
+    ds = m.downscale(hr, 0.0, precision="fp32", generator=torch.Generator().manual_seed(0))
+    return {"sr E(x)": sr(decode(m, c)), "sr z_c^h": sr(decode(m, z_h)),
+            "sr z_c^h 8-bit": sr(decode(m, m.f_lr(rounded(pic_h))[0])), "sr z_c^t": sr(decode(m, z_t)),
+            "bicubic LR": sr(upscale(lr, 4)), "bicubic target": sr(upscale(target, 4)),
+            "E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "z_c^h pic ~ target": to_target(pic_h),
+            "LR ~ target": to_target(lr),
+            "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr)}
+
+
+def fit_tile(m, hr, sigma):
+    target = gaussian_blur(downscale(hr, 4), sigma)
+    ref = quantised(hr)
+    return {"train sr z_c^t": psnr_y(quantised(decode(m, m.f_lr(target)[0])), ref, SR_BORDER),
+            "train bicubic target": psnr_y(quantised(upscale(target, 4)), ref, SR_BORDER)}
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+
+
+def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6):
+    """The means of `probe_pair` over the split's pairs and of `fit_tile` over every
+    `train_every`-th training HR tile (empty for 0), and the number of pairs."""
+    torch.set_grad_enabled(False)
+    m = sdflow.load(model_path, dtype=torch.float32).eval()
+    rows = []
+    for hr_path in sorted((family / split / "HR").glob("*.png")):
+        hr, lr = load_pair(hr_path, family / split / "LR" / hr_path.name)
+        rows.append(probe_pair(m, hr, lr, sigma))
+    fits = []
+    for p in (sorted((family / "train_HR").glob("*.png"))[::train_every] if train_every else []):
+        hr = as_tensor(read_rgb8(p))
+        fits.append(fit_tile(m, hr[..., :hr.shape[-2] // 8 * 8, :hr.shape[-1] // 8 * 8], sigma))
+    mean = lambda group: {k: float(np.mean([r[k] for r in group])) for k in group[0]} if group else {}  # noqa: E731
+    return mean(rows), mean(fits), len(rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model")
+    ap.add_argument("family", type=Path)
+    ap.add_argument("--split", default="tune")
+    ap.add_argument("--sigma", type=float, default=0.7, help="the target picture's blur (content_target_sigma)")
+    ap.add_argument("--train-every", type=int, default=6, help="probe every Nth training HR tile (0: none)")
+    args = ap.parse_args(argv)
+    rows, fits, n = probe(args.model, args.family, args.split, args.sigma, args.train_every)
+    print(f"{args.model} on {args.family.name}/{args.split} ({n} pairs), target blur {args.sigma}:")
+    for group in (rows, fits):
+        if group:
+            print("  " + " | ".join(f"{k} {v:.2f}" for k, v in group.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
