@@ -83,7 +83,11 @@ def as_tensor(a: np.ndarray) -> torch.Tensor:
 def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6):
     """The means of `probe_pair` over the split's pairs and of `fit_tile` over every
     `train_every`-th training HR tile (empty for 0), and the number of pairs."""
-    torch.set_grad_enabled(False)
+    with torch.no_grad():  # not set_grad_enabled: a caller (the tests) keeps its own mode
+        return _probe(model_path, family, split, sigma, train_every)
+
+
+def _probe(model_path, family, split, sigma, train_every):
     m = sdflow.load(model_path, dtype=torch.float32).eval()
     rows = []
     for hr_path in sorted((family / split / "HR").glob("*.png")):

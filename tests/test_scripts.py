@@ -143,3 +143,4 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]
+    assert torch.is_grad_enabled()  # the tests that follow differentiate
