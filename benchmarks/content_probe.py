@@ -31,10 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import sdflow  # noqa: E402
-from sdflow.data.datasets import load_pair  # noqa: E402
+from sdflow.data.datasets import load_pair, read_rgb, to_tensor  # noqa: E402
 from sdflow.evaluation.results import SR_BORDER  # noqa: E402
 from sdflow.evaluation.scoring import quantised  # noqa: E402
-from sdflow.imageio import read_rgb8  # noqa: E402
 from sdflow.metrics import psnr, psnr_y  # noqa: E402
 from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS  # noqa: E402
 from sdflow.resize import downscale, gaussian_blur, upscale  # noqa: E402
@@ -76,10 +75,6 @@ def fit_tile(m, hr, sigma):
             "train bicubic target": psnr_y(quantised(upscale(target, 4)), ref, SR_BORDER)}
 
 
-def as_tensor(a: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
-
-
 def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6):
     """The means of `probe_pair` over the split's pairs and of `fit_tile` over every
     `train_every`-th training HR tile (empty for 0), and the number of pairs."""
@@ -95,7 +90,7 @@ def _probe(model_path, family, split, sigma, train_every):
         rows.append(probe_pair(m, hr, lr, sigma))
     fits = []
     for p in (sorted((family / "train_HR").glob("*.png"))[::train_every] if train_every else []):
-        hr = as_tensor(read_rgb8(p))
+        hr = to_tensor(read_rgb(p))[None]
         fits.append(fit_tile(m, hr[..., :hr.shape[-2] // 8 * 8, :hr.shape[-1] // 8 * 8], sigma))
     mean = lambda group: {k: float(np.mean([r[k] for r in group])) for k in group[0]} if group else {}  # noqa: E731
     return mean(rows), mean(fits), len(rows)

@@ -357,8 +357,8 @@ class _FusedSteps:
             self._hf_inverse = FusedFlow(model.f_hf, -1, dtype, fmt)
             self._hr_inverse = FusedFlow(model.f_hr, -1, dtype, fmt)
             if model.config.ds_content == "picture":
-                self._content_picture = model.content_picture
-                self._lr_forward = FusedFlow(model.f_lr, 1, torch.float32, fmt)
+                lr_forward, picture = FusedFlow(model.f_lr, 1, torch.float32, fmt), model.content_picture
+                self._hr_content = lambda hr: lr_forward(picture(hr.float()))
             else:
                 self._hr_content = FusedFlow(model.f_hr, 1, dtype, fmt, keep=CONTENT_CHANNELS)
             self._deg_inverse = FusedFlow(model.f_deg, -1, dtype, fmt)
@@ -387,8 +387,6 @@ class _FusedSteps:
         return self._hr_inverse(z)
 
     def hr_content(self, hr):
-        if hasattr(self, "_lr_forward"):
-            return self._lr_forward(self._content_picture(hr.float()))
         return self._hr_content(hr)
 
     def deg_condition(self, z_c):

@@ -241,7 +241,7 @@ class GeneratorObjective(nn.Module):
         c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
         # The HR's content where the SR side learns from it (loss.sr_content) and where DS starts
         # (the model's ds_content): z_c^h, or f_LR of the content target picture, fixed.
-        hr_small, z_c_pic = None, None
+        hr_small, target_pic, z_c_pic = None, None, None
         if cfg.sr_content == "target" or m.config.ds_content == "picture" or cfg.content_prior_sigma > 0:
             hr_small = downscale(hr, 4, cfg.content_kernel)
             target_pic = gaussian_blur(hr_small, cfg.content_target_sigma)
@@ -290,7 +290,7 @@ class GeneratorObjective(nn.Module):
             # At tau 0, DS is almost exactly the content picture f_LR^-1(z_c^h): pinned full band to
             # the bicubic image, it can be no blurrier than bicubic, however blurred the real LR is.
             # Blurred targets let DS take on the LR's blur (sigma 0 leaves them as they are).
-            target_hr = gaussian_blur(hr_small, cfg.content_target_sigma)
+            target_hr = target_pic if target_pic is not None else gaussian_blur(hr_small, cfg.content_target_sigma)
             target_lr = gaussian_blur(lr, cfg.content_target_sigma)
             # Both halves are logged apart: which side fails to pin its content tells a lot.
             terms["content_hr"] = low_pass_l1(lr_from_hr, target_hr, sigma_hr)
