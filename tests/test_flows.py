@@ -5,7 +5,7 @@ import torch
 from sdflow.config import ModelConfig
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow
 from sdflow.flows.layers import (ActNorm, AffineCoupling, AffineInjector, Expand, FlowStep, InvConv1x1,
-                                 Squeeze, transition)
+                                 LiftingSqueeze, Squeeze, transition)
 from sdflow.flows.mixture import GaussianMixturePrior
 from sdflow.model import SDFlow
 
@@ -46,6 +46,8 @@ def jacobian_logdet(layer, x, cond):
 # name: (layer factory, input shape, condition channels or 0)
 LAYERS = {
     "squeeze": (Squeeze, (2, 3, 4, 4), 0),
+    "lifting": (LiftingSqueeze, (2, 2, 6, 4), 0),
+    "lifting_tiny": (LiftingSqueeze, (1, 1, 2, 2), 0),   # edges replicated: any even size works
     "expand": (Expand, (2, 12, 2, 2), 0),
     "actnorm": (lambda: ActNorm(6), (2, 6, 3, 3), 0),
     "inv_conv": (lambda: InvConv1x1(6), (2, 6, 3, 3), 0),
@@ -76,6 +78,7 @@ def test_layer_inverts_and_logdet_matches_jacobian(name):
 def tiny_flows():
     return {
         "f_hr": (HRFlow(2, hidden=8), (2, 3, 8, 8), None),
+        "f_hr_lifting": (HRFlow(2, hidden=8, squeeze="lifting"), (2, 3, 8, 8), None),
         "f_lr": (LRFlow(2, hidden=8), (2, 3, 4, 4), None),
         "f_hf": (ConditionalFlow(45, 3, 2, 1, squeeze=False, normal_prior=False, cond_channels=8, growth=4,
                                  hidden=8), (2, 45, 2, 2), torch.randn(2, 3, 2, 2)),
@@ -84,7 +87,7 @@ def tiny_flows():
     }
 
 
-@pytest.mark.parametrize("name", ["f_hr", "f_lr", "f_hf", "f_deg"])
+@pytest.mark.parametrize("name", ["f_hr", "f_hr_lifting", "f_lr", "f_hf", "f_deg"])
 def test_whole_flow_inverts_and_logdet_matches_jacobian(name):
     flow, shape, cond = tiny_flows()[name]
     perturb(flow)
@@ -158,3 +161,36 @@ def test_mixture_samplers():
         prior.sample((1, 1, 2, 2), component=4)
     with pytest.raises(ValueError):
         prior.sample((1, 1, 2, 2), sampler="pixel")
+
+
+def test_lifting_squeeze_separates_a_picture_from_its_detail():
+    """The low band is the 2x2 mean (centred as a bicubic downscale), and with the detail bands
+    at 0 the inverse interpolates polynomials up to degree 4 exactly (away from the replicated
+    edges), where the checkerboard squeeze's would be a nearest-neighbour upscale."""
+    layer = LiftingSqueeze()
+    i = torch.arange(32.0)
+    u, v = (i - 13.5) / 16, (i - 8.25) / 16
+    x = (1 + u - 2 * u ** 2 + u ** 3 - 0.5 * u ** 4)[:, None] * (0.5 - v + v ** 3)[None, :]
+    x = torch.stack([x, -x, 2 * x])[None]
+    y, logdet = layer(x)
+    assert y.shape == (1, 12, 16, 16) and torch.equal(logdet, torch.zeros(1))
+    assert torch.allclose(y[:, :3], torch.nn.functional.avg_pool2d(x, 2), atol=1e-12)
+    assert y[:, 3:, 2:-2, 2:-2].abs().max() < 1e-12              # a polynomial has no detail
+    assert y[:, 3:].abs().max() > 1e-3                            # but the edges do
+    flat = y.clone()
+    flat[:, 3:] = 0
+    back = layer.inverse(flat)[0]
+    assert torch.allclose(back[..., 4:-4, 4:-4], x[..., 4:-4, 4:-4], atol=1e-12)
+    rough = torch.randn(1, 1, 8, 8)
+    assert not torch.allclose(layer.inverse(torch.cat([layer(rough)[0][:, :1], torch.zeros(1, 3, 4, 4)], 1))[0],
+                              rough, atol=0.1)
+
+
+def test_lifting_f_hr_starts_as_the_wavelet_transform():
+    """With the lifting squeeze, an untrained f_HR's z_c is (up to ActNorm's affine) the 4x4 mean of
+    each colour: the 1x1 convolutions start by leaving the colours' low band alone."""
+    flow = HRFlow(2, hidden=8, squeeze="lifting").eval()
+    x = torch.randn(2, 3, 16, 16)
+    z = flow(x)[0]
+    assert torch.allclose(z[:, :3], torch.nn.functional.avg_pool2d(x, 4), atol=1e-10)
+    assert not torch.allclose(HRFlow(2, hidden=8)(x)[0][:, :3], torch.nn.functional.avg_pool2d(x, 4), atol=0.1)

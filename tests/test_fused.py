@@ -14,11 +14,12 @@ from sdflow.model import SDFlow
 from test_parity import load_authors
 
 
-def perturbed(preset="tiny", seed=0):
+def perturbed(preset="tiny", seed=0, **overrides):
     """Random weights everywhere (no coupling or injector is the identity), outputs in a sane range,
     ActNorms initialised (as in a trained model: training mode leaves them alone)."""
+    from dataclasses import replace
     torch.manual_seed(seed)
-    model = SDFlow(ModelConfig.preset(preset))
+    model = SDFlow(replace(ModelConfig.preset(preset), **overrides))
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -370,3 +371,31 @@ def test_ds_content_picture_downscales_from_f_lr_of_the_blurred_bicubic_picture(
     assert rel_err(loaded.downscale(hr, deg_latent=d), expect) < 1e-4
     with pytest.raises(ValueError, match="ds_content"):
         replace(base.config, ds_content="bicubic")
+
+
+def test_the_lifting_squeeze_samples_alike_in_both_forms(tmp_path):
+    """model.hr_squeeze=lifting: the sampling form's SR and DS are the modules' (float64 reference),
+    on sizes that are not multiples of 8, and the setting survives saving and loading."""
+    from sdflow.checkpoints import save_model
+    import sdflow
+    model = perturbed(hr_squeeze="lifting")
+    assert isinstance(model.f_hr.levels[0].squeeze, layers.LiftingSqueeze)
+    ref64 = copy.deepcopy(model).double()
+    lr = torch.rand(2, 3, 9, 7) * 2 - 1
+    hr = torch.rand(2, 3, 30, 42) * 2 - 1
+    z = model.sample_hf_latent(lr, 0.9, seeded(3))
+    ref = ref64.super_resolve(lr, hf_latent=z)
+    assert rel_err(model.super_resolve(lr, 0.9, seeded(3)), ref) < 1e-4
+    d = model.sample_deg_latent(hr, 0.5, generator=seeded(4))
+    assert rel_err(model.downscale(hr, deg_latent=d), ref64.downscale(hr, deg_latent=d)) < 1e-4
+    assert list(model._sampling_forms) == ["fp32"]
+    with torch.no_grad():
+        y = torch.rand(2, 3, 16, 24) * 2 - 1
+        assert rel_err(FusedFlow(model.f_hr, -1)(FusedFlow(model.f_hr, 1)(y)), y) < 1e-5
+    loaded = sdflow.load(save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.config.hr_squeeze == "lifting"
+    assert rel_err(loaded.super_resolve(lr, hf_latent=z), ref) < 1e-4
+    shuffle = perturbed()
+    assert rel_err(shuffle.super_resolve(lr, hf_latent=z), ref) > 1e-3  # the two settings differ
+    with pytest.raises(ValueError, match="hr_squeeze"):
+        ModelConfig(hr_squeeze="haar")

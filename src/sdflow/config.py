@@ -51,11 +51,18 @@ class ModelConfig:
     # several 8-bit levels (docs/training.md, "The content code"), and DS shows it.
     ds_content: str = "flow"
     ds_content_sigma: float = 0.7
+    # [ours] f_HR's squeezes: "shuffle", the authors' pixel stacking, or "lifting", a wavelet whose
+    # low band is the picture and whose zero detail decodes to a smooth upscale, so that z_c starts
+    # as the HR's x4 picture and SR as an interpolator (docs/training.md, "The lifting squeeze").
+    hr_squeeze: str = "shuffle"
 
     PRESETS = ("paper", "tiny", "small")
     DS_CONTENTS = ("flow", "picture")
+    HR_SQUEEZES = ("shuffle", "lifting")
 
     def __post_init__(self):
+        if self.hr_squeeze not in self.HR_SQUEEZES:
+            raise ValueError(f"hr_squeeze must be one of {', '.join(self.HR_SQUEEZES)}, got {self.hr_squeeze!r}")
         if self.ds_content not in self.DS_CONTENTS:
             raise ValueError(f"ds_content must be one of {', '.join(self.DS_CONTENTS)}, got {self.ds_content!r}")
         if not self.ds_content_sigma >= 0:

@@ -53,7 +53,7 @@ class SDFlow(nn.Module):
         hidden = config.coupling_hidden
         self.content_extractor = ContentExtractor(config.extractor_channels, config.extractor_blocks,
                                                   config.extractor_modulation_convs)
-        self.f_hr = HRFlow(config.hr_steps, hidden)
+        self.f_hr = HRFlow(config.hr_steps, hidden, config.hr_squeeze)
         self.f_hf = ConditionalFlow(HF_CHANNELS, CONTENT_CHANNELS, config.hf_steps, config.hf_rrdb_blocks,
                                     squeeze=False, normal_prior=True, cond_channels=config.cond_channels,
                                     growth=config.rrdb_growth, hidden=hidden)

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sdflow.flows.layers import (Expand, FlowSequence, FlowStep, Squeeze, chain_forward, chain_inverse,
-                                 standard_normal_logp, transition)
+from sdflow.flows.layers import (Expand, FlowSequence, FlowStep, LiftingSqueeze, Squeeze, chain_forward,
+                                 chain_inverse, standard_normal_logp, transition)
 from sdflow.nets.rrdb import ConditionNet
 
 
@@ -26,25 +26,31 @@ class _Chain(nn.Module):
 
 
 class SqueezeLevel(_Chain):
-    """Squeeze, a transition, then `steps` unconditional flow steps."""
+    """Squeeze, a transition, then `steps` unconditional flow steps. With the lifting squeeze
+    the 1x1 convolutions start by leaving the first 3 channels alone (the colours' low band,
+    which becomes z_c), so that f_HR starts as the wavelet transform up to ActNorm."""
 
-    def __init__(self, in_channels: int, steps: int, hidden: int):
+    def __init__(self, in_channels: int, steps: int, hidden: int, lifting: bool = False):
         super().__init__()
         c = 4 * in_channels
-        self.squeeze = Squeeze()
-        self.transition = transition(c)
-        self.steps = FlowSequence([FlowStep(c, hidden=hidden) for _ in range(steps)])
+        keep = 3 if lifting else 0  # the colours' low band, in the lifting squeeze's channel order
+        self.squeeze = LiftingSqueeze() if lifting else Squeeze()
+        self.transition = transition(c, keep)
+        self.steps = FlowSequence([FlowStep(c, hidden=hidden, keep=keep) for _ in range(steps)])
 
     def parts(self):
         return [self.squeeze, self.transition, self.steps]
 
 
 class HRFlow(_Chain):
-    """f_HR: HR image y (3, H, W) <-> z (48, H/4, W/4); z[:, :3] is the content z_c, the rest z_h."""
+    """f_HR: HR image y (3, H, W) <-> z (48, H/4, W/4); z[:, :3] is the content z_c, the rest z_h.
+    `squeeze` "shuffle" (the authors') or "lifting" (`LiftingSqueeze`, ours)."""
 
-    def __init__(self, steps: int = 16, hidden: int = 64):
+    def __init__(self, steps: int = 16, hidden: int = 64, squeeze: str = "shuffle"):
         super().__init__()
-        self.levels = nn.ModuleList([SqueezeLevel(3, steps, hidden), SqueezeLevel(12, steps, hidden)])
+        lifting = {"shuffle": False, "lifting": True}[squeeze]
+        self.levels = nn.ModuleList([SqueezeLevel(3, steps, hidden, lifting),
+                                     SqueezeLevel(12, steps, hidden, lifting)])
 
     def parts(self):
         return list(self.levels)

@@ -82,6 +82,70 @@ class Squeeze(nn.Module):
         return Shuffle(unshuffle=sign > 0)
 
 
+# [ours] The detail predictor of the lifting squeeze below: the difference of a pair of pixels
+# from the averages of the two pairs on either side, exact for polynomials up to degree four.
+_PREDICT = (3.0 / 64, -22.0 / 64, 0.0, 22.0 / 64, -3.0 / 64)
+
+
+def _taps(x: torch.Tensor, weights, axis: int) -> torch.Tensor:
+    """sum_k weights[k] * x[n + k - len // 2] along `axis` (-1 or -2), edges replicated (any size)."""
+    n, r = x.shape[axis], len(weights) // 2
+    padded = F.pad(x, (r, r, 0, 0) if axis == -1 else (0, 0, r, r), mode="replicate")
+    return sum(w * padded.narrow(axis, k, n) for k, w in enumerate(weights) if w)
+
+
+def _lift(x: torch.Tensor, axis: int):
+    """(low, high) halves along `axis` by three lifting steps, each of determinant 1: the pair
+    difference, the pair mean (so the low band is centred between its pixels, as a bicubic
+    downscale is), and the difference less what the neighbouring means predict of it."""
+    even, odd = x.unflatten(axis, (-1, 2)).unbind(axis)
+    diff = odd - even
+    low = even + 0.5 * diff
+    return low, diff - _taps(low, _PREDICT, axis)
+
+
+def _unlift(low: torch.Tensor, high: torch.Tensor, axis: int) -> torch.Tensor:
+    diff = high + _taps(low, _PREDICT, axis)
+    even = low - 0.5 * diff
+    stacked = torch.stack([even, even + diff], dim=axis)  # axis -1: (..., n, 2); -2: (..., n, 2, W)
+    return stacked.flatten(-2, -1) if axis == -1 else stacked.flatten(-3, -2)
+
+
+class LiftingSqueeze(nn.Module):
+    """[ours] A squeeze (C, H, W) -> (4C, H/2, W/2) by one level of a separable interpolating
+    wavelet (lifting scheme, log-determinant 0): channels [LL | LH | HL | HH], C each, LL first.
+    Where the checkerboard squeeze stacks pixels, this one separates a picture from its detail:
+    the low band is the 2x2 mean, and the inverse with the detail bands at 0 is an interpolation
+    exact for polynomials up to degree four. In f_HR (`ModelConfig.hr_squeeze`), two of them make z_c start
+    as the HR's x4 picture and f_HR^-1([z_c, 0]) as a bicubic-like upscale of it, so the SR path
+    starts as an interpolator instead of having to learn one."""
+
+    def forward(self, x, cond=None):
+        low, high = _lift(x, -1)
+        ll, lh = _lift(low, -2)
+        hl, hh = _lift(high, -2)
+        return torch.cat([ll, lh, hl, hh], dim=1), _zeros_logdet(x)
+
+    def inverse(self, y, cond=None):
+        ll, lh, hl, hh = y.chunk(4, dim=1)
+        x = _unlift(_unlift(ll, lh, -2), _unlift(hl, hh, -2), -1)
+        return x, _zeros_logdet(y)
+
+    def sampling_op(self, sign, dtype, memory_format):
+        return LiftingOp(self, sign, memory_format)
+
+
+class LiftingOp:
+    """A LiftingSqueeze (or its inverse) in a FusedFlow, on the float32 flow state."""
+
+    def __init__(self, layer: LiftingSqueeze, sign: float, memory_format: torch.memory_format):
+        self.layer, self.sign, self.memory_format = layer, sign, memory_format
+
+    def __call__(self, z: torch.Tensor, u=None) -> torch.Tensor:
+        out = (self.layer.forward if self.sign > 0 else self.layer.inverse)(z)[0]
+        return out.contiguous(memory_format=self.memory_format)
+
+
 class Expand(nn.Module):
     """Inverse of `Squeeze`, as a forward layer."""
 
@@ -144,9 +208,12 @@ class ActNorm(nn.Module):
 class InvConv1x1(nn.Module):
     """Invertible 1x1 convolution in LU form: W = P (L + I) (U + diag(sign * exp(log_abs_s)))."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, keep: int = 0):
+        """Starts as a random rotation; `keep` > 0: of the channels after the first `keep`, which
+        it starts by leaving alone (f_HR with the lifting squeeze: z_c starts as a picture)."""
         super().__init__()
-        q, _ = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))
+        q = torch.eye(channels, dtype=torch.float64)
+        q[keep:, keep:], _ = torch.linalg.qr(torch.randn(channels - keep, channels - keep, dtype=torch.float64))
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper)
         dtype = torch.get_default_dtype()
@@ -360,10 +427,11 @@ class AffineInjector(nn.Module):
 class FlowStep(nn.Module):
     """ActNorm -> invertible 1x1 conv -> [affine injector] -> [affine coupling]."""
 
-    def __init__(self, channels: int, cond_channels: int = 0, coupling: bool = True, hidden: int = 64):
+    def __init__(self, channels: int, cond_channels: int = 0, coupling: bool = True, hidden: int = 64,
+                 keep: int = 0):
         super().__init__()
         self.actnorm = ActNorm(channels)
-        self.inv_conv = InvConv1x1(channels)
+        self.inv_conv = InvConv1x1(channels, keep)
         self.injector = AffineInjector(channels, cond_channels, hidden) if cond_channels else None
         self.coupling = AffineCoupling(channels, cond_channels, hidden) if coupling else None
 
@@ -377,10 +445,10 @@ class FlowStep(nn.Module):
         return chain_inverse(self.parts(), y, cond)
 
 
-def transition(channels: int) -> FlowSequence:
+def transition(channels: int, keep: int = 0) -> FlowSequence:
     """Two coupling-free steps, used right after a squeeze (and before f_LR's expand) to mix
-    the freshly stacked channels."""
-    return FlowSequence([FlowStep(channels, coupling=False) for _ in range(2)])
+    the freshly stacked channels (all but the first `keep`, at the start: `InvConv1x1`)."""
+    return FlowSequence([FlowStep(channels, coupling=False, keep=keep) for _ in range(2)])
 
 
 def standard_normal_logp(z: torch.Tensor) -> torch.Tensor:
