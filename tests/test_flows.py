@@ -194,3 +194,9 @@ def test_lifting_f_hr_starts_as_the_wavelet_transform():
     z = flow(x)[0]
     assert torch.allclose(z[:, :3], torch.nn.functional.avg_pool2d(x, 4), atol=1e-10)
     assert not torch.allclose(HRFlow(2, hidden=8)(x)[0][:, :3], torch.nn.functional.avg_pool2d(x, 4), atol=0.1)
+    # Its partner f_LR starts as the identity, so f_LR^-1(z_c) starts as that picture too.
+    model = SDFlow(ModelConfig(hr_steps=2, lr_steps=2, hf_steps=1, deg_steps=1, coupling_hidden=8,
+                               hf_rrdb_blocks=1, deg_rrdb_blocks=1, extractor_blocks=1, hr_squeeze="lifting")).eval()
+    small = torch.randn(2, 3, 4, 4)
+    assert torch.allclose(model.f_lr(small)[0], small, atol=1e-10)
+    assert not torch.allclose(LRFlow(2, hidden=8)(small)[0], small, atol=0.1)

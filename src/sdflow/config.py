@@ -53,7 +53,8 @@ class ModelConfig:
     ds_content_sigma: float = 0.7
     # [ours] f_HR's squeezes: "shuffle", the authors' pixel stacking, or "lifting", a wavelet whose
     # low band is the picture and whose zero detail decodes to a smooth upscale, so that z_c starts
-    # as the HR's x4 picture and SR as an interpolator (docs/training.md, "The lifting squeeze").
+    # as the HR's x4 picture and SR as an interpolator; with it f_LR starts as the identity (up to
+    # ActNorm), so that both content latents start as pictures (docs/training.md, "The lifting squeeze").
     hr_squeeze: str = "shuffle"
 
     PRESETS = ("paper", "tiny", "small")

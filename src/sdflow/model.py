@@ -57,7 +57,7 @@ class SDFlow(nn.Module):
         self.f_hf = ConditionalFlow(HF_CHANNELS, CONTENT_CHANNELS, config.hf_steps, config.hf_rrdb_blocks,
                                     squeeze=False, normal_prior=True, cond_channels=config.cond_channels,
                                     growth=config.rrdb_growth, hidden=hidden)
-        self.f_lr = LRFlow(config.lr_steps, hidden)
+        self.f_lr = LRFlow(config.lr_steps, hidden, identity=config.hr_squeeze == "lifting")
         self.f_deg = ConditionalFlow(CONTENT_CHANNELS, CONTENT_CHANNELS, config.deg_steps,
                                      config.deg_rrdb_blocks, squeeze=True, normal_prior=False,
                                      cond_channels=config.cond_channels, growth=config.rrdb_growth,

@@ -57,14 +57,17 @@ class HRFlow(_Chain):
 
 
 class LRFlow(_Chain):
-    """f_LR: LR image x <-> z_LR of the same shape."""
+    """f_LR: LR image x <-> z_LR of the same shape. `identity`: its 1x1 convolutions start as the
+    identity, so that f_LR starts as ActNorm's per-channel affine map of the picture itself (the
+    partner of f_HR's lifting squeeze, whose z_c starts as the HR's picture)."""
 
-    def __init__(self, steps: int = 16, hidden: int = 64):
+    def __init__(self, steps: int = 16, hidden: int = 64, identity: bool = False):
         super().__init__()
+        keep = 12 if identity else 0
         self.squeeze = Squeeze()
-        self.transition_in = transition(12)
-        self.steps = FlowSequence([FlowStep(12, hidden=hidden) for _ in range(steps)])
-        self.transition_out = transition(12)
+        self.transition_in = transition(12, keep)
+        self.steps = FlowSequence([FlowStep(12, hidden=hidden, keep=keep) for _ in range(steps)])
+        self.transition_out = transition(12, keep)
         self.expand = Expand()
 
     def parts(self):

@@ -210,10 +210,12 @@ class InvConv1x1(nn.Module):
 
     def __init__(self, channels: int, keep: int = 0):
         """Starts as a random rotation; `keep` > 0: of the channels after the first `keep`, which
-        it starts by leaving alone (f_HR with the lifting squeeze: z_c starts as a picture)."""
+        it starts by leaving alone (with `ModelConfig.hr_squeeze` lifting, so that the content
+        latents of f_HR and f_LR start as pictures)."""
         super().__init__()
         q = torch.eye(channels, dtype=torch.float64)
-        q[keep:, keep:], _ = torch.linalg.qr(torch.randn(channels - keep, channels - keep, dtype=torch.float64))
+        if keep < channels:
+            q[keep:, keep:], _ = torch.linalg.qr(torch.randn(channels - keep, channels - keep, dtype=torch.float64))
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper)
         dtype = torch.get_default_dtype()

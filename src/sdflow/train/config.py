@@ -342,13 +342,6 @@ class TrainConfig:
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if self.loss.content_kernel not in ("bicubic", "area"):
             raise ValueError(f"loss.content_kernel must be bicubic or area, got {self.loss.content_kernel!r}")
-        mc = self.model_config()
-        if mc.ds_content == "picture" and (self.loss.content_kernel != "bicubic"
-                                           or self.loss.content_target_sigma != mc.ds_content_sigma):
-            raise ValueError(f"model.ds_content=picture: DS starts from the content target picture, so "
-                             f"loss.content_kernel must be bicubic (is {self.loss.content_kernel}) and "
-                             f"loss.content_target_sigma ({self.loss.content_target_sigma}) must equal "
-                             f"model.ds_content_sigma ({mc.ds_content_sigma})")
         if self.loss.sr_content not in ("latent", "target"):
             raise ValueError(f"loss.sr_content must be latent or target, got {self.loss.sr_content!r}")
         if self.loss.cycle_space not in ("latent", "picture"):

@@ -239,16 +239,20 @@ class GeneratorObjective(nn.Module):
         # One pass of f_HR serves the likelihood, the content, the domain and DS terms.
         z_c_h, z_h, logdet_hr = m.encode_hr(hr_in)
         c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
-        # The HR's content where the SR side learns from it (loss.sr_content) and where DS starts
-        # (the model's ds_content): z_c^h, or f_LR of the content target picture, fixed.
+        # The HR's content where the SR side learns from it (loss.sr_content: z_c^h, or f_LR of the
+        # content target picture) and where DS starts (the model's ds_content: z_c^h, or f_LR of the
+        # model's own content picture, as `sdflow ds` makes it), both fixed.
         hr_small, target_pic, z_c_pic = None, None, None
-        if cfg.sr_content == "target" or m.config.ds_content == "picture" or cfg.content_prior_sigma > 0:
+        if cfg.sr_content == "target" or cfg.content_prior_sigma > 0:
             hr_small = downscale(hr, 4, cfg.content_kernel)
             target_pic = gaussian_blur(hr_small, cfg.content_target_sigma)
             with torch.no_grad():
                 z_c_pic = m.f_lr(target_pic)[0]
         z_c_sr = z_c_pic if cfg.sr_content == "target" else z_c_h
-        z_c_ds = z_c_pic if m.config.ds_content == "picture" else z_c_h
+        z_c_ds = z_c_h
+        if m.config.ds_content == "picture":
+            with torch.no_grad():
+                z_c_ds = m.hr_content(hr)
 
         if w["nll_hr"] > 0:
             # The spec's stop-gradient: f_HF may not shape the content. With pairs, f_HF learns the
