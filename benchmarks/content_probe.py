@@ -8,8 +8,9 @@ train_HR). Printed, as means over the split's pairs:
 
 - SR Y-PSNR (4-pixel border, as `sdflow eval`) of f_HR^-1([z_c, f_HF^-1(0; z_c)]) for z_c = E(x)
   (the model's SR), z_c^h = the HR's own f_HR content (an oracle E), z_c^h with its content
-  picture rounded to 8 bits, and z_c^t = f_LR(target picture), the target picture being the HR's
-  x4 bicubic downscale blurred by --sigma LR pixels (what training pins the content to);
+  picture rounded to 8 bits, z_c^t = f_LR(target picture), the target picture being the HR's
+  x4 bicubic downscale blurred by --sigma LR pixels (what training pins the content to), and
+  f_LR(x), the real LR taken as its own content picture (an E that restores nothing);
   bicubic upscaling of the real LR and of the target picture beside them;
 - PSNR to the target picture of E's content picture f_LR^-1(E(x)), of f_HR's f_LR^-1(z_c^h), and
   of the real LR itself;
@@ -62,6 +63,7 @@ def probe_pair(m, hr, lr, sigma):
     ds = m.downscale(hr, 0.0, precision="fp32", generator=torch.Generator().manual_seed(0))
     return {"sr E(x)": sr(decode(m, c)), "sr z_c^h": sr(decode(m, z_h)),
             "sr z_c^h 8-bit": sr(decode(m, m.f_lr(rounded(pic_h))[0])), "sr z_c^t": sr(decode(m, z_t)),
+            "sr f_LR(x)": sr(decode(m, m.f_lr(lr)[0])),
             "bicubic LR": sr(upscale(lr, 4)), "bicubic target": sr(upscale(target, 4)),
             "E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "z_c^h pic ~ target": to_target(pic_h),
             "LR ~ target": to_target(lr),

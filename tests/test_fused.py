@@ -399,3 +399,27 @@ def test_the_lifting_squeeze_samples_alike_in_both_forms(tmp_path):
     assert rel_err(shuffle.super_resolve(lr, hf_latent=z), ref) > 1e-3  # the two settings differ
     with pytest.raises(ValueError, match="hr_squeeze"):
         ModelConfig(hr_squeeze="haar")
+
+
+def test_a_residual_extractor_starts_as_the_lr_pictures_content_in_both_forms():
+    """model.extractor=residual: E(x) = f_LR(x) + E's correction, which starts at zero; the sampling
+    form computes the same content as the modules."""
+    from dataclasses import replace
+    from sdflow.nets.content import ContentExtractor
+    model = perturbed(extractor="residual")
+    even = torch.rand(2, 3, 8, 6) * 2 - 1
+    with torch.no_grad():
+        expect = model.content_extractor(even) + model.f_lr(even)[0]
+        fresh = SDFlow(replace(model.config))
+        assert torch.equal(fresh.content_extractor(even), torch.zeros(2, 3, 8, 6))
+        assert torch.allclose(fresh.content(even), fresh.f_lr(even)[0])
+        assert ContentExtractor(8, 1, 1)(even).abs().max() > 0   # a direct E does not start at zero
+        assert torch.allclose(model.content(even), expect, atol=1e-6)
+    lr = torch.rand(2, 3, 9, 7) * 2 - 1   # odd sides: f_LR of the edge-padded image, cut back
+    z = model.sample_hf_latent(lr, 0.0)
+    ref = copy.deepcopy(model).double().super_resolve(lr, hf_latent=z)
+    assert rel_err(model.super_resolve(lr, hf_latent=z), ref) < 1e-4
+    direct = perturbed()
+    assert rel_err(direct.super_resolve(lr, hf_latent=z), ref) > 1e-3
+    with pytest.raises(ValueError, match="extractor"):
+        ModelConfig(extractor="bicubic")

@@ -56,12 +56,20 @@ class ModelConfig:
     # as the HR's x4 picture and SR as an interpolator; with it f_LR starts as the identity (up to
     # ActNorm), so that both content latents start as pictures (docs/training.md, "The lifting squeeze").
     hr_squeeze: str = "shuffle"
+    # [ours] What E computes: "direct", the content itself (the paper's), or "residual", a
+    # correction added to f_LR(x), its last layer starting at zero, so that the content starts as
+    # the LR picture itself and E learns only what restoring changes (docs/training.md, "The
+    # lifting squeeze": a direct E started, and stayed, worse than no restoring at all).
+    extractor: str = "direct"
 
     PRESETS = ("paper", "tiny", "small")
     DS_CONTENTS = ("flow", "picture")
     HR_SQUEEZES = ("shuffle", "lifting")
+    EXTRACTORS = ("direct", "residual")
 
     def __post_init__(self):
+        if self.extractor not in self.EXTRACTORS:
+            raise ValueError(f"extractor must be one of {', '.join(self.EXTRACTORS)}, got {self.extractor!r}")
         if self.hr_squeeze not in self.HR_SQUEEZES:
             raise ValueError(f"hr_squeeze must be one of {', '.join(self.HR_SQUEEZES)}, got {self.hr_squeeze!r}")
         if self.ds_content not in self.DS_CONTENTS:

@@ -44,6 +44,15 @@ LR_MULTIPLE = 2
 _PRECISION_OF = {dtype: name for name, dtype in DTYPES.items()}
 
 
+def even_sided(fn, x: torch.Tensor) -> torch.Tensor:
+    """fn of x, for a map at x's own size that needs even sides (f_LR squeezes once): x is
+    edge-padded by a row and a column where odd, and the result cut back."""
+    h, w = x.shape[-2:]
+    if h % 2 == 0 and w % 2 == 0:
+        return fn(x)
+    return fn(F.pad(x, (0, w % 2, 0, h % 2), mode="replicate"))[..., :h, :w]
+
+
 class SDFlow(nn.Module):
     """Images are NCHW tensors in [-1, 1]; outputs are returned raw (not clamped)."""
 
@@ -52,7 +61,8 @@ class SDFlow(nn.Module):
         self.config = config = config or ModelConfig()
         hidden = config.coupling_hidden
         self.content_extractor = ContentExtractor(config.extractor_channels, config.extractor_blocks,
-                                                  config.extractor_modulation_convs)
+                                                  config.extractor_modulation_convs,
+                                                  zero_output=config.extractor == "residual")
         self.f_hr = HRFlow(config.hr_steps, hidden, config.hr_squeeze)
         self.f_hf = ConditionalFlow(HF_CHANNELS, CONTENT_CHANNELS, config.hf_steps, config.hf_rrdb_blocks,
                                     squeeze=False, normal_prior=True, cond_channels=config.cond_channels,
@@ -99,8 +109,9 @@ class SDFlow(nn.Module):
     # ----- the LR side ---------------------------------------------------------------------
 
     def content(self, x: torch.Tensor) -> torch.Tensor:
-        """The content extractor E(x)."""
-        return self.content_extractor(x)
+        """The content extractor E(x); with `config.extractor` "residual", f_LR(x) + E's output."""
+        c = self.content_extractor(x)
+        return c + even_sided(lambda v: self.f_lr(v)[0], x) if self.config.extractor == "residual" else c
 
     def lr_log_density(self, x: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(x | z_c) in nats per image, with z_c = E(x) unless `content` is given."""
@@ -351,7 +362,12 @@ class _FusedSteps:
         with torch.no_grad():
             # E and f_LR stay float32 at every precision: z_c goes straight into the SR image and
             # f_LR^-1 makes the DS image; in bf16 they were most of its cost (docs/performance.md).
-            self._extractor = model.content_extractor.fused_copy(torch.float32, fmt)
+            extractor = model.content_extractor.fused_copy(torch.float32, fmt)
+            if model.config.extractor == "residual":
+                lr_content = FusedFlow(model.f_lr, 1, torch.float32, fmt)
+                self._extractor = lambda lr: extractor(lr).add_(even_sided(lr_content, lr))
+            else:
+                self._extractor = extractor
             self._hf_net = model.f_hf.cond_net.fused_copy(dtype, fmt)
             self._deg_net = model.f_deg.cond_net.fused_copy(dtype, fmt)
             self._hf_inverse = FusedFlow(model.f_hf, -1, dtype, fmt)

@@ -72,7 +72,8 @@ class ModulatedResBlock(nn.Module):
 class ContentExtractor(nn.Module):
     fused = False
 
-    def __init__(self, channels: int = 64, num_blocks: int = 16, modulation_convs: int = 8):
+    def __init__(self, channels: int = 64, num_blocks: int = 16, modulation_convs: int = 8,
+                 zero_output: bool = False):
         super().__init__()
         self.head = nn.Sequential(conv3x3(3, channels), nn.LeakyReLU(0.2))
         layers = []
@@ -81,6 +82,9 @@ class ContentExtractor(nn.Module):
         self.modulation = nn.Sequential(*layers)
         self.blocks = nn.ModuleList(ModulatedResBlock(channels) for _ in range(num_blocks))
         self.tail = nn.Sequential(conv3x3(channels, channels), nn.LeakyReLU(0.2), nn.Conv2d(channels, 3, 1))
+        if zero_output:  # a correction to another content (ModelConfig.extractor): none at first
+            nn.init.zeros_(self.tail[-1].weight)
+            nn.init.zeros_(self.tail[-1].bias)
 
     @autocast_net
     def forward(self, x):
