@@ -978,3 +978,40 @@ def test_domain_detach_hr_moves_only_e():
     obj, model, _, hr, lr = _objective(_only("domain", "loss.domain_detach_hr=true"))
     obj(hr, lr)[0].backward()
     assert _has_grad(model.content_extractor) and not _has_grad(model.f_hr)
+
+
+def test_deg_content_picture_gives_f_deg_the_blurred_picture_of_es_content(monkeypatch):
+    """loss.deg_content=picture: NLL_LR and lr_mode condition f_Deg on f_LR(blur(f_LR^-1(E(x)))),
+    blurred by the model's ds_content_sigma, instead of E(x); the config refuses it without
+    model.ds_content=picture."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    model = SDFlow(replace(ModelConfig.preset("tiny"), ds_content="picture", ds_content_sigma=0.7,
+                           extractor="residual")).train()
+    hr, lr = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    conds = {}
+    for setting in ("extractor", "picture"):
+        cfg = TrainConfig.from_dict(apply_overrides({}, _only("nll_lr", "loss.lr_mode=1.0",
+                                                              f"loss.deg_content={setting}",
+                                                              "model.ds_content=picture"))).loss
+        obj = GeneratorObjective(model, cfg)
+        with torch.no_grad():
+            obj(hr, lr)   # ActNorm initialisation
+        seen = []
+        orig = model.f_deg.forward
+        monkeypatch.setattr(model.f_deg, "forward", lambda z, cond: seen.append(cond) or orig(z, cond))
+        orig_inv = model.f_deg.inverse
+        monkeypatch.setattr(model.f_deg, "inverse", lambda z, cond, **k: seen.append(cond) or orig_inv(z, cond, **k))
+        terms = obj(hr, lr)[1]
+        monkeypatch.undo()
+        assert torch.isfinite(terms["nll_lr"]) and torch.isfinite(terms["lr_mode"])
+        assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+        conds[setting] = seen[0]
+    with torch.no_grad():
+        c = model.content(lr)
+        expect = model.f_lr(gaussian_blur(model.f_lr.inverse(c)[0], 0.7))[0]
+    assert torch.allclose(conds["extractor"], c, atol=1e-6)
+    assert torch.allclose(conds["picture"], expect, atol=1e-5)
+    assert (conds["picture"] - c).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="deg_content"):
+        TrainConfig.from_dict(apply_overrides({}, ["model.preset=tiny", "loss.deg_content=picture"])).validate()

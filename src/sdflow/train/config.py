@@ -129,6 +129,12 @@ class LossConfig:
     # depends on (f_HF's condition in NLL_HR, hr_mode's decode, the content cycle's and
     # paired_content's target) on a content without the code (docs/training.md, "The code").
     sr_content: str = "latent"
+    # [ours] The content f_Deg learns the real LR's degradation from (NLL_LR, lr_mode): extractor
+    # (E(x), the spec's) or picture (f_LR of E's picture blurred as the model's DS content is,
+    # `ds_content_sigma`; needs model.ds_content picture). With a residual E that starts as f_LR(x)
+    # (model.extractor), E(x) leaves f_Deg nothing to learn but the dequantisation noise, and DS
+    # none of the LR's degradation; `picture` gives f_Deg the same kind of content DS starts from.
+    deg_content: str = "extractor"
     # [ours] 0 = off (the spec's). s > 0: NLL_HR also scores z_c^h, under the density that f_LR
     # carries N(target picture, s^2 I) to (s in image units, [-1, 1]; f_LR fixed): log N(f_LR^-1(z_c^h);
     # target, s^2) + log|det d f_LR^-1 / dz|. Without a density for z_c, growing z_c^h or writing a
@@ -344,6 +350,11 @@ class TrainConfig:
             raise ValueError(f"loss.content_kernel must be bicubic or area, got {self.loss.content_kernel!r}")
         if self.loss.sr_content not in ("latent", "target"):
             raise ValueError(f"loss.sr_content must be latent or target, got {self.loss.sr_content!r}")
+        if self.loss.deg_content not in ("extractor", "picture"):
+            raise ValueError(f"loss.deg_content must be extractor or picture, got {self.loss.deg_content!r}")
+        if self.loss.deg_content == "picture" and self.model_config().ds_content != "picture":
+            raise ValueError("loss.deg_content=picture needs model.ds_content=picture (the blur it applies is "
+                             "model.ds_content_sigma, the DS content's)")
         if self.loss.cycle_space not in ("latent", "picture"):
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):

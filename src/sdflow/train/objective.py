@@ -262,9 +262,16 @@ class GeneratorObjective(nn.Module):
             if cfg.content_prior_sigma > 0:
                 log_density = log_density + self.content_log_prior(z_c_h, target_pic)
             terms["nll_hr"] = bits_per_dim_nll(log_density, hr).mean()
+        # f_Deg's content of the real LR (unpaired): E(x), or (deg_content) f_LR of E's picture
+        # blurred as DS's content picture is, fixed.
+        c_deg = c
+        if cfg.deg_content == "picture" and not self.paired:
+            with torch.no_grad():
+                pic = gaussian_blur(m.f_lr.inverse(c)[0], m.config.ds_content_sigma)
+                c_deg = m.f_lr(pic)[0]
         if w["nll_lr"] > 0:
             # With pairs, f_Deg learns the real LR's degradation given the HR's own content.
-            cond = z_c_ds.detach() if self.paired else (c.detach() if cfg.nll_lr_detach_content else c)
+            cond = z_c_ds.detach() if self.paired else (c_deg.detach() if cfg.nll_lr_detach_content else c_deg)
             z_lr, logdet_lr = m.f_lr(lr_in)
             z_deg, logdet_deg = m.f_deg(z_lr - cond, cond)
             terms["nll_lr"] = bits_per_dim_nll(logdet_lr + logdet_deg + m.deg_prior.log_prob(z_deg), lr).mean()
@@ -272,7 +279,7 @@ class GeneratorObjective(nn.Module):
         if w["hr_mode"] > 0:
             terms["hr_mode"] = F.l1_loss(sr_from_content(m, z_c_sr, 0.0), hr)
         if w["lr_mode"] > 0:
-            terms["lr_mode"] = F.l1_loss(ds_from_content(m, c.detach(), 0.0, cfg.ds_sampler), lr)
+            terms["lr_mode"] = F.l1_loss(ds_from_content(m, c_deg.detach(), 0.0, cfg.ds_sampler), lr)
 
         if self.paired:
             if w["paired_content"] > 0:
