@@ -116,6 +116,17 @@ def test_paired_terms_only_with_paired_data():
     assert all(math.isfinite(float(terms[k])) for k in ("paired_content", "paired_sr", "paired_ds"))
 
 
+def test_paired_data_drops_hr_mode_for_paired_sr():
+    """With pairs f_HF learns given E(x): the decode from the HR's content (hr_mode) is left out,
+    the decode from E(x) (paired_sr) stays."""
+    obj, model, crit, hr, lr = _objective(["loss.hr_mode=10"])
+    assert obj.weights(False)["hr_mode"] == 10 and "hr_mode" in obj(hr, lr)[1]
+    obj.paired = True
+    assert obj.weights(False)["hr_mode"] == 0 and obj.weights(True)["hr_mode"] == 0
+    _, terms, _ = obj(hr, lr)
+    assert "hr_mode" not in terms and "paired_sr" in terms
+
+
 def test_paired_content_trains_e_toward_the_hrs_own_content():
     obj, model, hr, lr = _paired(["loss.paired_content=1"])
     obj.dequantize_inputs = False
