@@ -174,8 +174,8 @@ class GeneratorObjective(nn.Module):
         if self.paired:
             w.update({"paired_content": c.paired_content, "paired_sr": c.paired_sr, "paired_ds": c.paired_ds})
             # With pairs f_HF's likelihood is conditioned on E(x), so hr_mode would decode from a
-            # condition f_HF never sees (the HR's content): at lr 5e-4 that broke SR at step 600
-            # (p8 in docs/training.md). paired_sr is the same decode from E(x).
+            # condition f_HF never sees (the HR's content); paired_sr is the same decode from E(x).
+            # With it p8 broke at step 600, without it p10 trained through (docs/training.md).
             w["hr_mode"] = 0.0
         if stage2:
             w.update({"gan": c.gan if {"hr", "lr"} <= set(self.critics) else 0.0,
