@@ -7,7 +7,7 @@ before any recipe was tuned; reported, never tuned on).
 
     python benchmarks/unpaired_protocol.py data WORK                 # photos, splits, all families
     python benchmarks/unpaired_protocol.py train WORK FAMILY MODE NAME [--steps N] [--set K=V ...]
-    python benchmarks/unpaired_protocol.py score WORK [NAME ...] [--split test|tune]
+    python benchmarks/unpaired_protocol.py score WORK [NAME ...] [--split test|tune] [--tau 0.8 ...]
 
 MODE is `unpaired` (WORK/FAMILY/train_HR + train_LR: disjoint photos) or `paired` (WORK/FAMILY/
 pairs: the HR training photos and their degraded LR, `sdflow train --paired`), the yardstick.
@@ -238,21 +238,25 @@ def _precision_flag() -> list:
     return ["--precision", "fp32"] if "--precision" in out else []
 
 
-def _eval(work: Path, run: Path, family: str, split: str) -> dict:
+def _eval(work: Path, run: Path, family: str, split: str, taus=(0.0,)) -> dict:
     PRECISION = _precision_flag()
-    out = run / f"eval_{split}"
+    out = run / (f"eval_{split}" + "".join(f"_t{t:g}" for t in taus if t))
     fam = work / family
     if not (out / "results.json").exists() or (out / "results.json").stat().st_mtime < (run / "model.safetensors").stat().st_mtime:
         sh(python(), "-m", "sdflow", "eval", "--hr", fam / split / "HR", "--lr", fam / split / "LR",
-           "--model", run, "-o", out, "--tau", 0, "-q", "--report-images", 0, *PRECISION)
+           "--model", run, "-o", out, "--tau", *taus, "-q", "--report-images", 0, *PRECISION)
     return json.loads((out / "results.json").read_text())
 
 
-def _row(doc: dict, direction: str, method: str) -> dict:
-    return next(r for r in doc[direction]["mean"] if r["method"] == method)
+def _row(doc: dict, direction: str, method: str, tau=None) -> dict:
+    return next(r for r in doc[direction]["mean"]
+                if r["method"] == method and (tau is None or r.get("tau") == tau))
 
 
-def score(work: Path, names, split: str) -> None:
+def score(work: Path, names, split: str, taus=(0.0,)) -> None:
+    """One table per family: SR and DS of each run beside bicubic, a row per tau. The issue's
+    criteria read SR at tau 0 and DS (PSNR against the real LR, and its noise level) at each tau."""
+    taus = tuple(sorted(set(float(t) for t in taus) | {0.0}))
     runs = [work / "runs" / n for n in names] if names else sorted((work / "runs").glob("*"))
     by_family = {}
     for run in runs:
@@ -262,21 +266,23 @@ def score(work: Path, names, split: str) -> None:
         if split == "tune" and info["family"] == HELD_OUT:
             print(f"{run.name}: the held-out family is never scored on the tuning split")
             continue
-        by_family.setdefault(info["family"], []).append((run, info, _eval(work, run, info["family"], split)))
+        by_family.setdefault(info["family"], []).append((run, info, _eval(work, run, info["family"], split, taus)))
     for family, items in by_family.items():
         doc0 = items[0][2]
         bic_sr, bic_ds, real = _row(doc0, "sr", "bicubic"), _row(doc0, "ds", "bicubic"), _row(doc0, "ds", "real LR")
         print(f"\n## {family} ({split}: {bic_sr['images']} pairs)\n")
-        print("| method | mode | SR PSNR-Y | gain | SSIM-Y | colour shift | DS PSNR | DS - bicubic | DS noise | DS lap-var |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-        print(f"| bicubic | | {bic_sr['psnr_y']:.2f} | | {bic_sr['ssim_y']:.4f} | {bic_sr['colour_shift']:.2f} | "
+        print("| method | mode | tau | SR PSNR-Y | gain | SSIM-Y | colour shift | DS PSNR | DS - bicubic | DS noise | DS lap-var |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print(f"| bicubic | | | {bic_sr['psnr_y']:.2f} | | {bic_sr['ssim_y']:.4f} | {bic_sr['colour_shift']:.2f} | "
               f"{bic_ds['psnr_rgb']:.2f} | | {bic_ds['noise']:.2f} | {bic_ds['lapvar']:.0f} |")
         for run, info, doc in items:
-            sr, ds = _row(doc, "sr", "sdflow"), _row(doc, "ds", "sdflow")
-            print(f"| {run.name} | {info['mode']} | {sr['psnr_y']:.2f} | {sr['psnr_y'] - bic_sr['psnr_y']:+.2f} | "
-                  f"{sr['ssim_y']:.4f} | {sr['colour_shift']:.2f} | {ds['psnr_rgb']:.2f} | "
-                  f"{ds['psnr_rgb'] - bic_ds['psnr_rgb']:+.2f} | {ds['noise']:.2f} | {ds['lapvar']:.0f} |")
-        print(f"| real LR | | | | | | | | {real['noise']:.2f} | {real['lapvar']:.0f} |")
+            for tau in taus:
+                sr, ds = _row(doc, "sr", "sdflow", tau), _row(doc, "ds", "sdflow", tau)
+                print(f"| {run.name} | {info['mode']} | {tau:g} | {sr['psnr_y']:.2f} | "
+                      f"{sr['psnr_y'] - bic_sr['psnr_y']:+.2f} | {sr['ssim_y']:.4f} | {sr['colour_shift']:.2f} | "
+                      f"{ds['psnr_rgb']:.2f} | {ds['psnr_rgb'] - bic_ds['psnr_rgb']:+.2f} | {ds['noise']:.2f} | "
+                      f"{ds['lapvar']:.0f} |")
+        print(f"| real LR | | | | | | | | | {real['noise']:.2f} | {real['lapvar']:.0f} |")
 
 
 def main(argv=None) -> int:
@@ -296,13 +302,15 @@ def main(argv=None) -> int:
     a.add_argument("work", type=Path)
     a.add_argument("names", nargs="*")
     a.add_argument("--split", choices=("test", "tune"), default="test")
+    a.add_argument("--tau", type=float, nargs="+", default=[0.0],
+                   help="temperatures to score besides 0 (SR's criterion is at 0; DS is read at each)")
     args = ap.parse_args(argv)
     if args.cmd == "data":
         make_data(args.work)
     elif args.cmd == "train":
         train(args.work, args.family, args.mode, args.name, args.steps, args.overrides, args.config)
     else:
-        score(args.work, args.names, args.split)
+        score(args.work, args.names, args.split, args.tau)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Training: config, data, objective (terms and gradient-stopping rules), loop, checkpoints,
 exact resume, skipped steps, logging and validation. Tiny model, CPU, synthetic images."""
+import dataclasses
 import logging
 import math
 import os
@@ -14,7 +15,7 @@ import sdflow
 from sdflow.config import ModelConfig
 from sdflow.data.datasets import UnpairedPatches, UnpairedStream, make_loader
 from sdflow.model import SDFlow
-from sdflow.resize import gaussian_blur
+from sdflow.resize import downscale, gaussian_blur
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig, apply_overrides
@@ -113,6 +114,14 @@ def test_overrides_parse_types_and_reject_unknown_keys(data):
     cfg.with_overrides(["loss.ds_hf_match=1", f"loss.ds_hf_levels={top}"])
     with pytest.raises(ValueError, match="ds_hf_levels"):
         cfg.with_overrides(["loss.ds_hf_match=1", f"loss.ds_hf_levels={top + 1}"])
+    # content_hf_levels likewise, on E's picture (the LR patch) or on the latent (half its side).
+    picture = ["loss.content_hf_match=1", "loss.content_hf_space=picture"]
+    cfg.with_overrides([*picture, f"loss.content_hf_levels={top}"])
+    with pytest.raises(ValueError, match="content_hf_levels"):
+        cfg.with_overrides(["loss.content_hf_match=1", f"loss.content_hf_levels={top}"])
+    for bad in ("loss.content_hf_space=pixels", "loss.content_hf_statistic=median", "loss.ds_hf_statistic=l2"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            cfg.with_overrides([bad])
     # YAML reads 1e-4 as a string; the loader must still produce a float.
     assert TrainConfig.from_dict({"optim": {"lr": "1e-4"}}).optim.lr == 1e-4
 
@@ -207,9 +216,9 @@ def test_data_stream_is_repeatable_and_independent_of_workers(data):
 
 # ----- objective ---------------------------------------------------------------------------------
 
-def _objective(loss_over=(), critics=True, vgg=None):
+def _objective(loss_over=(), critics=True, vgg=None, **model_over):
     torch.manual_seed(0)
-    model = SDFlow(ModelConfig.preset("tiny")).train()
+    model = SDFlow(dataclasses.replace(ModelConfig.preset("tiny"), **model_over)).train()
     # Flows start as identities (zeroed last layers), where conditions have no effect and
     # gradient paths are invisible; random last layers make every path carry a gradient.
     with torch.no_grad():
@@ -454,10 +463,54 @@ def test_hf_distribution_levels_tell_blur_from_noise():
         hf_distribution_l1(sharp[..., :8, :8], sharp[..., :8, :8], levels=3)
 
 
-def test_ds_hf_match_trains_the_ds_path_only():
-    obj, model, _, hr, lr = _objective(_only("ds_hf_match"))
+def test_hf_distribution_log_weighs_noise_on_flat_patches():
+    g = torch.Generator().manual_seed(2)
+    flat = torch.zeros(4, 3, 16, 16)
+    texture = (torch.rand(4, 3, 16, 16, generator=g) > 0.5).float() * 0.6 - 0.3  # random edges
+    level = torch.randn(4, 3, 16, 16, generator=g) * (2 / 255)  # one 8-bit level of noise
+    noise = [float(hf_distribution_l1(flat + level, flat, log=log)) for log in (False, True)]
+    halved = [float(hf_distribution_l1(texture / 2, texture, log=log)) for log in (False, True)]
+    # As energies, a level of noise on clean flat patches is nothing beside texture at half contrast;
+    # as logs it counts for more: that noise is what a restoration must remove.
+    assert noise[0] < 0.1 * halved[0]
+    assert noise[1] > 1.5 * halved[1]
+    expected = (torch.log(high_pass_energy(flat + level) + 0.01).sort(0).values
+                - torch.log(high_pass_energy(flat) + 0.01).sort(0).values).abs().mean()
+    assert noise[1] == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("extractor", ["direct", "residual"])
+def test_content_hf_match_in_picture_space_moves_e_alone(extractor):
+    over = ("loss.content_hf_space=picture", "loss.content_hf_levels=2", "loss.content_hf_statistic=log")
+    obj, model, _, hr, lr = _objective(_only("content_hf_match", *over), extractor=extractor)
+    total, terms, _ = obj(hr, lr)
+    with torch.no_grad():  # E's picture against the HR's unblurred bicubic picture, two scales, logs
+        picture = model.f_lr.inverse(model.content(lr))[0]
+        expected = hf_distribution_l1(picture, downscale(hr, 4), levels=2, log=True)
+    assert float(expected) > 0
+    assert float(terms["content_hf_match"]) == pytest.approx(float(expected), rel=1e-4)
+    total.backward()
+    assert _has_grad(model.content_extractor)
+    # f_LR neither through its inverse (frozen) nor through a residual E's f_LR(x) (detached).
+    for m in (model.f_hr, model.f_lr, model.f_deg, model.f_hf):
+        assert not _has_grad(m)
+    if extractor == "residual":  # the latent form does reach f_LR through f_LR(x): t12's loophole
+        obj, model, _, hr, lr = _objective(_only("content_hf_match"), extractor=extractor)
+        obj(hr, lr)[0].backward()
+        assert _has_grad(model.f_lr)
+
+
+@pytest.mark.parametrize("statistic", ["energy", "log"])
+def test_ds_hf_match_trains_the_ds_path_only(statistic, monkeypatch):
+    from sdflow.train import objective
+
+    obj, model, _, hr, lr = _objective(_only("ds_hf_match", f"loss.ds_hf_statistic={statistic}"))
     assert "ds_hf_match" not in obj(hr, lr)[1]  # a stage-2 term
+    calls = []
+    spy = lambda fake, real, levels=1, log=False: calls.append(log) or hf_distribution_l1(fake, real, levels, log)  # noqa: E731
+    monkeypatch.setattr(objective, "hf_distribution_l1", spy)
     total, terms, _ = obj(hr, lr, stage2=True)
+    assert calls == [statistic == "log"]
     assert float(terms["ds_hf_match"]) > 0
     total.backward()
     for m in (model.f_hr, model.f_lr, model.f_deg):  # z_c^h, f_Deg^-1 and f_LR^-1 make the sample

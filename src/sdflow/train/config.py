@@ -101,11 +101,24 @@ class LossConfig:
     # left about 4x too high at tau 0 (docs/training.md).
     ds_hf_match: float = 0.0
     ds_hf_levels: int = 1             # scales compared (1 = full resolution only; see hf_distribution_l1)
+    ds_hf_statistic: str = "energy"   # energy or log, as content_hf_statistic below
     # [ours, off in the spec's objective] E's content maps c must have the high-pass energy
     # distribution of f_HR's z_c^h (detached): sharp, not blurred like the LR they come from, a
     # statistic the domain critic can miss. It narrows that latent gap but did not make DS blur
     # (docs/training.md, "What did not fix it"; content_target_sigma did).
     content_hf_match: float = 0.0
+    # Where content_hf_match compares: latent (c against z_c^h, both moved through f_LR's latent,
+    # which a residual E's f_LR games: t12) or picture (E's picture f_LR^-1(c) against the HR's
+    # content target picture, f_LR frozen and f_LR(x) detached in a residual E's sum, so only E's
+    # correction moves: a prior that the restored LR be as clean and as sharp as HR content is).
+    content_hf_space: str = "latent"
+    content_hf_levels: int = 1        # scales compared, as ds_hf_levels
+    # The per-image statistic of content_hf_match: energy (mean |response|) or log (log(energy +
+    # 0.01)). Measured on 16-pixel crops of the protocol's training photos, the log separates a
+    # degradation from a change of scene 2.5-7x better: a flat patch with a level of noise is as far
+    # from a clean one as a textured patch from a blurred one (docs/training.md, "E's prior and a
+    # frozen f_LR").
+    content_hf_statistic: str = "energy"
     # [ours, off in the spec's objective] L1 between per-image, per-channel mean colours: each
     # content picture and its target (stage 1), and in stage 2 the SR sample and its LR, the DS
     # sample and its HR. The L1 terms fit medians and left SR a few levels off in colour.
@@ -359,10 +372,18 @@ class TrainConfig:
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):
             raise ValueError(f"loss.ds_sampler must be image or element, got {self.loss.ds_sampler!r}")
-        levels = self.loss.ds_hf_levels
-        if levels < 1 or (self.loss.ds_hf_match > 0 and d.lr_patch < hf_levels_min_side(levels)):
-            raise ValueError(f"loss.ds_hf_levels ({levels}) must be >= 1 and fit data.lr_patch "
-                             f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
+        if self.loss.content_hf_space not in ("latent", "picture"):
+            raise ValueError(f"loss.content_hf_space must be latent or picture, got {self.loss.content_hf_space!r}")
+        for key in ("content_hf_statistic", "ds_hf_statistic"):
+            if getattr(self.loss, key) not in ("energy", "log"):
+                raise ValueError(f"loss.{key} must be energy or log, got {getattr(self.loss, key)!r}")
+        for match in ("ds", "content"):
+            levels, weight = getattr(self.loss, f"{match}_hf_levels"), getattr(self.loss, f"{match}_hf_match")
+            # The latent content map is half the LR patch's side (f_LR squeezes once).
+            side = d.lr_patch // 2 if match == "content" and self.loss.content_hf_space == "latent" else d.lr_patch
+            if levels < 1 or (weight > 0 and side < hf_levels_min_side(levels)):
+                raise ValueError(f"loss.{match}_hf_levels ({levels}) must be >= 1 and fit data.lr_patch "
+                                 f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
         if len(self.optim.betas) != 2:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",

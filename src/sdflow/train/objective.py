@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow
+from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow, even_sided
 from sdflow.nets.discriminators import VGG19Features, perceptual_distance
 from sdflow.resize import downscale, gaussian_blur
 from sdflow.train.config import hf_levels_min_side
@@ -84,7 +84,10 @@ def high_pass_energy(x: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, k.expand(ch, 1, 3, 3), groups=ch).abs().mean(dim=(2, 3))
 
 
-def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1) -> torch.Tensor:
+HF_LOG_FLOOR = 0.01  # added before the log: a flat clean patch is ~0, a level of noise ~0.04
+
+
+def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1, log: bool = False) -> torch.Tensor:
     """L1 between the sorted per-image high-pass energies of two equal-size batches, per channel:
     the 1-D optimal transport between their distributions. Sorting, not means, because real
     degradations are mostly smooth (JPEG) with a few very noisy images; a mean match would make
@@ -93,7 +96,10 @@ def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1) 
     `levels` > 1 adds the same comparison on 2x, 4x... average-pooled copies (mean over levels):
     at one scale a sharp clean image and a blurred noisy one can have equal energy; pooling
     divides white noise's energy by 2 per level but keeps edges, so the profile over scales
-    separates blur from noise."""
+    separates blur from noise.
+
+    `log` compares log(energy + HF_LOG_FLOOR) instead: the distance of a clean flat patch from a
+    slightly noisy one then counts as much as that of a sharp textured patch from a blurred one."""
     if fake.shape[0] != real.shape[0]:
         raise ValueError(f"hf_distribution_l1 needs batches of one size, got {fake.shape[0]} and {real.shape[0]}")
     total = fake.new_zeros(())
@@ -104,6 +110,8 @@ def hf_distribution_l1(fake: torch.Tensor, real: torch.Tensor, levels: int = 1) 
                 raise ValueError(f"hf_distribution_l1: {levels} levels need images of at least "
                                  f"{hf_levels_min_side(levels)} pixels a side")
         a, b = high_pass_energy(fake), high_pass_energy(real)
+        if log:
+            a, b = torch.log(a + HF_LOG_FLOOR), torch.log(b + HF_LOG_FLOOR)
         total = total + (a.sort(dim=0).values - b.sort(dim=0).values).abs().mean()
     return total / levels
 
@@ -213,6 +221,24 @@ class GeneratorObjective(nn.Module):
             ref = inv(target)
         return F.l1_loss(inv(c), ref)
 
+    def content_hf_match(self, lr: torch.Tensor, c: torch.Tensor, z_c_h: torch.Tensor,
+                         hr_small: torch.Tensor) -> torch.Tensor:
+        """E must deblur and denoise: its content as sharp and as clean as the HR side's, compared
+        as distributions over the batch (the photos differ). In latent space against z_c^h (held
+        fixed); in picture space (`content_hf_space`), E's picture against the HR's content
+        target picture, through a frozen f_LR and with a residual E's f_LR(x) detached: t12 showed
+        a latent match met by f_LR reshaping the latent while no picture changed."""
+        cfg, m = self.cfg, self.model
+        log = cfg.content_hf_statistic == "log"
+        if cfg.content_hf_space == "latent":
+            return hf_distribution_l1(c, z_c_h.detach(), cfg.content_hf_levels, log)
+        if m.config.extractor == "residual":
+            base = even_sided(lambda v: m.f_lr(v)[0], lr)
+            c = c - base + base.detach()  # the same f_LR(x) twice: its gradient cancels, E's stays
+        picture = call_frozen(m.f_lr, c, inverse=True)[0]
+        target = gaussian_blur(hr_small, cfg.content_target_sigma)
+        return hf_distribution_l1(picture, target.detach(), cfg.content_hf_levels, log)
+
     def content_log_prior(self, z_c: torch.Tensor, target_pic: torch.Tensor) -> torch.Tensor:
         """log p(z_c) in nats per sample under f_LR's image of N(target picture, s^2 I) (f_LR's
         parameters untouched; gradients reach z_c): in picture units, so the latent's scale and
@@ -293,7 +319,7 @@ class GeneratorObjective(nn.Module):
             if w["paired_ds"] > 0:
                 terms["paired_ds"] = F.l1_loss(ds_from_content(m, z_c_ds, 0.0, cfg.ds_sampler), lr)
 
-        if hr_small is None and (w["content"] > 0 or stage2):
+        if hr_small is None and (w["content"] > 0 or w["content_hf_match"] > 0 or stage2):
             # Antialiased bicubic (or `content_kernel`): the low frequencies y and x share.
             hr_small = downscale(hr, 4, cfg.content_kernel)
         if w["content"] > 0:
@@ -319,9 +345,7 @@ class GeneratorObjective(nn.Module):
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_hr)
                                                + perceptual_distance(self.vgg, lr_from_c, target_lr))
         if w["content_hf_match"] > 0:
-            # E must deblur and denoise: its content maps as sharp (and as clean) as f_HR's, whose
-            # side is held fixed (content_hr pins it to the bicubic picture).
-            terms["content_hf_match"] = hf_distribution_l1(c, z_c_h.detach())
+            terms["content_hf_match"] = self.content_hf_match(lr, c, z_c_h, hr_small)
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
             # With `domain_detach_hr` only E is moved: z_c^h is pinned to a known picture, and pulling
@@ -355,7 +379,7 @@ class GeneratorObjective(nn.Module):
             if w["ds_hf_match"] > 0:
                 # A batch statistic, not a pixel target: the sets are unpaired, but the DS samples'
                 # sharpness and noise should be distributed as the real LR images' are.
-                terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr, cfg.ds_hf_levels)
+                terms["ds_hf_match"] = hf_distribution_l1(x_ds_j, lr, cfg.ds_hf_levels, cfg.ds_hf_statistic == "log")
             # The cycles train the SR path on pseudo-pairs (y, x_ds), as paired training does on
             # real pairs. `cycle_tau` draws them from the learnt degradation at their own
             # temperature (1: the density itself) instead of reusing the critics' samples.
