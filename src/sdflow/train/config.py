@@ -382,8 +382,9 @@ class TrainConfig:
             # The latent content map is half the LR patch's side (f_LR squeezes once).
             side = d.lr_patch // 2 if match == "content" and self.loss.content_hf_space == "latent" else d.lr_patch
             if levels < 1 or (weight > 0 and side < hf_levels_min_side(levels)):
-                raise ValueError(f"loss.{match}_hf_levels ({levels}) must be >= 1 and fit data.lr_patch "
-                                 f"({d.lr_patch} pixels; each level halves it, the last needs 3)")
+                raise ValueError(f"loss.{match}_hf_levels ({levels}) must be >= 1 and fit the {side}-pixel "
+                                 f"side it compares (data.lr_patch {d.lr_patch}; each level halves it, "
+                                 f"the last needs 3)")
         if len(self.optim.betas) != 2:
             raise ValueError("optim.betas must be two numbers")
         for name in ("nll_hr", "nll_lr", "content", "content_perceptual", "domain", "gan", "pixel",

@@ -222,7 +222,7 @@ class GeneratorObjective(nn.Module):
         return F.l1_loss(inv(c), ref)
 
     def content_hf_match(self, lr: torch.Tensor, c: torch.Tensor, z_c_h: torch.Tensor,
-                         hr_small: torch.Tensor) -> torch.Tensor:
+                         target_pic: torch.Tensor) -> torch.Tensor:
         """E must deblur and denoise: its content as sharp and as clean as the HR side's, compared
         as distributions over the batch (the photos differ). In latent space against z_c^h (held
         fixed); in picture space (`content_hf_space`), E's picture against the HR's content
@@ -236,8 +236,7 @@ class GeneratorObjective(nn.Module):
             base = even_sided(lambda v: m.f_lr(v)[0], lr)
             c = c - base + base.detach()  # the same f_LR(x) twice: its gradient cancels, E's stays
         picture = call_frozen(m.f_lr, c, inverse=True)[0]
-        target = gaussian_blur(hr_small, cfg.content_target_sigma)
-        return hf_distribution_l1(picture, target.detach(), cfg.content_hf_levels, log)
+        return hf_distribution_l1(picture, target_pic.detach(), cfg.content_hf_levels, log)
 
     def content_log_prior(self, z_c: torch.Tensor, target_pic: torch.Tensor) -> torch.Tensor:
         """log p(z_c) in nats per sample under f_LR's image of N(target picture, s^2 I) (f_LR's
@@ -322,6 +321,8 @@ class GeneratorObjective(nn.Module):
         if hr_small is None and (w["content"] > 0 or w["content_hf_match"] > 0 or stage2):
             # Antialiased bicubic (or `content_kernel`): the low frequencies y and x share.
             hr_small = downscale(hr, 4, cfg.content_kernel)
+        if target_pic is None and (w["content"] > 0 or w["content_hf_match"] > 0):
+            target_pic = gaussian_blur(hr_small, cfg.content_target_sigma)
         if w["content"] > 0:
             inv = (lambda z: call_frozen(m.f_lr, z, inverse=True)[0]) if cfg.content_freeze_f_lr \
                 else (lambda z: m.f_lr.inverse(z)[0])
@@ -331,10 +332,9 @@ class GeneratorObjective(nn.Module):
             # At tau 0, DS is almost exactly the content picture f_LR^-1(z_c^h): pinned full band to
             # the bicubic image, it can be no blurrier than bicubic, however blurred the real LR is.
             # Blurred targets let DS take on the LR's blur (sigma 0 leaves them as they are).
-            target_hr = target_pic if target_pic is not None else gaussian_blur(hr_small, cfg.content_target_sigma)
             target_lr = gaussian_blur(lr, cfg.content_target_sigma)
             # Both halves are logged apart: which side fails to pin its content tells a lot.
-            terms["content_hr"] = low_pass_l1(lr_from_hr, target_hr, sigma_hr)
+            terms["content_hr"] = low_pass_l1(lr_from_hr, target_pic, sigma_hr)
             terms["content_lr"] = low_pass_l1(lr_from_c, target_lr, sigma_lr)
             terms["content"] = terms["content_hr"] + terms["content_lr"]
             if w["colour"] > 0:
@@ -342,10 +342,10 @@ class GeneratorObjective(nn.Module):
                 # inherits the tint. Image means are the statistic that matters here.
                 terms["colour"] = mean_colour_l1(lr_from_hr, hr_small) + mean_colour_l1(lr_from_c, lr)
             if w["content_perceptual"] > 0:
-                terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_hr)
+                terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_pic)
                                                + perceptual_distance(self.vgg, lr_from_c, target_lr))
         if w["content_hf_match"] > 0:
-            terms["content_hf_match"] = self.content_hf_match(lr, c, z_c_h, hr_small)
+            terms["content_hf_match"] = self.content_hf_match(lr, c, z_c_h, target_pic)
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
             # With `domain_detach_hr` only E is moved: z_c^h is pinned to a known picture, and pulling
