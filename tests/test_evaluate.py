@@ -459,6 +459,33 @@ def test_every_tau_and_sample_of_an_image_shares_its_condition(tmp_path, tiny_mo
     assert scores(shared) == scores(separate)
 
 
+def test_best_of_n_and_textured_diversity(tmp_path, tiny_model_path):
+    """best_gain / worst_gain are the best / worst sample's PSNR-Y minus tau 0's, whether or not tau 0 is among the
+    taus; the textured spread is over a part of the image; the report shows a spread map."""
+    hr_dir, lr_dir = make_pairs(tmp_path, names=("a",), hw=(96, 96))
+    pairs = evaluation.match_folders(hr_dir, lr_dir).pairs
+    model = sdflow.load(tiny_model_path)
+    kw = dict(samples=4, progress=False, log=lambda m: None, crop_size=32)
+    both = evaluation.run_evaluation(pairs, model, taus=[0.0, 1.0], **kw)
+    rows = {(r["method"], r["tau"]): r for r in both.sr_rows}
+    mode, hot = rows[("sdflow", 0.0)], rows[("sdflow", 1.0)]
+    assert mode["best_gain"] is None and rows[("bicubic", None)]["diversity_tex"] is None
+    assert hot["diversity"] > 0 and hot["diversity_tex"] > 0
+    # The best of four is at least their mean: best_gain >= mean PSNR-Y - tau 0's.
+    # The best of four is at least their mean, the worst at most: best >= mean - tau 0's >= worst.
+    assert hot["best_gain"] >= hot["psnr_y"] - mode["psnr_y"] - 1e-9 >= hot["worst_gain"] - 2e-9
+    assert hot["best_gain"] > hot["worst_gain"]
+    alone = evaluation.run_evaluation(pairs, model, taus=[1.0], **kw)
+    assert alone.sr_rows[-1]["best_gain"] == pytest.approx(hot["best_gain"], abs=1e-9)
+    assert alone.sr_rows[-1]["worst_gain"] == pytest.approx(hot["worst_gain"], abs=1e-9)
+    assert all("_psnr_y_range" not in r for r in both.sr_rows + alone.sr_rows)
+    panels = [p for p in both.visuals[0].sr if p.label.startswith("spread")]
+    assert [p.label for p in panels] == ["spread τ=1"] and panels[0].image.shape == (32, 32, 3)
+    assert "diversity (textured)" in [c.title for c in both.columns("sr")]
+    one = evaluation.run_evaluation(pairs, model, taus=[1.0], **{**kw, "samples": 1})
+    assert "best_gain" not in {c.key for c in one.columns("sr")}
+
+
 def test_colour_shift_is_the_largest_channel_mean_difference_in_levels():
     a = smooth(24, 32, 0)
     assert evaluation.colour_shift(a, a) == 0

@@ -164,6 +164,27 @@ def test_diversity():
         M.diversity([a])
 
 
+def test_spread_map_locates_where_samples_differ():
+    a = smooth_rgb(32, 32)
+    b = a.copy()
+    b[:, 16:] += 0.1                      # samples differ on the right half only
+    spread = M.spread_map([a, b])
+    assert spread.shape == (32, 32)
+    assert np.allclose(spread[:, :16], 0) and np.allclose(spread[:, 16:], 0.05)
+    assert spread.mean() == pytest.approx(M.diversity([a, b]))
+
+
+def test_texture_mask_picks_the_detailed_part():
+    rng = np.random.default_rng(3)
+    img = np.full((64, 64, 3), 0.5)
+    img[:, 40:] += rng.normal(0, 0.1, (64, 24, 3))  # texture on the right, flat on the left
+    mask = M.texture_mask(img, fraction=0.25)
+    assert mask.mean() == pytest.approx(0.25, abs=0.03)
+    assert mask[:, 40:].mean() > 0.6 and not mask[:, :30].any()
+    with pytest.raises(ValueError, match="fraction"):
+        M.texture_mask(img, fraction=0)
+
+
 skimage_metrics = pytest.importorskip(
     "skimage.metrics", reason="scikit-image (test extra) is needed for the reference comparison")
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "to_float", "rgb_to_y", "mse", "psnr", "psnr_y", "ssim", "ssim_y", "psnr_tensor",
     "noise_sigma", "laplacian_variance", "mean_gradient_magnitude", "diversity",
+    "spread_map", "texture_mask",
 ]
 
 ArrayLike = Union[np.ndarray, "torch.Tensor"]
@@ -240,6 +241,12 @@ def diversity(samples: Union[Sequence[ArrayLike], ArrayLike]) -> float:
     indexes the samples. The population std (ddof=0) is used, so S identical samples give 0
     (up to rounding). Measures how much a stochastic SR/DS model varies for one input.
     """
+    return float(spread_map(samples).mean())
+
+
+def spread_map(samples: Union[Sequence[ArrayLike], ArrayLike]) -> np.ndarray:
+    """Per-pixel std across samples (population, ddof=0), averaged over channels: an H x W map on
+    the [0, 1] scale whose mean is `diversity`. Shows *where* samples of one input differ."""
     if isinstance(samples, (list, tuple)):
         stack = np.stack([to_float(s) for s in samples])
     else:
@@ -247,4 +254,25 @@ def diversity(samples: Union[Sequence[ArrayLike], ArrayLike]) -> float:
         stack = np.stack([to_float(s) for s in arr])
     if stack.shape[0] < 2:
         raise ValueError("diversity needs at least two samples")
-    return float(stack.std(axis=0).mean())
+    return stack.std(axis=0).mean(axis=2)
+
+
+def texture_mask(img: ArrayLike, fraction: float = 0.25, window: int = 7) -> np.ndarray:
+    """The `fraction` of pixels with the most local detail: the mean gradient magnitude of the
+    grey image over a `window`-pixel box, thresholded at its (1 - fraction) quantile. Diversity
+    averaged over a whole photo is diluted by sky and walls, where any sensible sampler agrees;
+    samples should differ where there is texture to hallucinate."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    g = _luma01(img)
+    h, w = g.shape
+    mag = np.zeros((h, w))
+    if h >= 3 and w >= 3:
+        gy = 0.5 * (g[2:, 1:-1] - g[:-2, 1:-1])
+        gx = 0.5 * (g[1:-1, 2:] - g[1:-1, :-2])
+        mag[1:-1, 1:-1] = np.sqrt(gx * gx + gy * gy)
+    r = window // 2
+    integral = np.pad(np.pad(mag, r, mode="edge").cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    k = 2 * r + 1
+    local = (integral[k:, k:] - integral[:-k, k:] - integral[k:, :-k] + integral[:-k, :-k]) / (k * k)
+    return local >= np.quantile(local, 1.0 - fraction)

@@ -30,6 +30,9 @@ SR_COLUMNS = (
     Column("colour_shift", "colour shift", 2, "-"),
     Column("lpips", "LPIPS", 4, "-"),
     Column("diversity", "diversity", 3),
+    Column("diversity_tex", "diversity (textured)", 3),
+    Column("best_gain", "best-of-N gain", 2),
+    Column("worst_gain", "worst-of-N gain", 2),
     Column("seconds", "s/sample", 3, "-"),
 )
 

@@ -271,6 +271,9 @@ class _Run:
             visual.sr.append(Panel("LR input", _display_u8(lr_cut(lr)), "lr"))
             visual.sr.append(Panel("bicubic", _display_u8(cut(bic)), "hr", _caption_sr(rows[-1])))
         image = self._prepared(x)
+        diverse = image is not None and self.samples > 1 and any(t > 0 for t in self.taus)
+        mask = metrics.texture_mask(hr) if diverse else None
+        mode_psnr = None   # PSNR-Y of the tau-0 output, the reference of best-of-N
         for tau in (self.taus if image is not None else []):
             outs, times = [], []
             for k in range(self.samples):
@@ -278,26 +281,48 @@ class _Run:
                 y = self._sample("sr", image, tau, k)
                 times.append(time.perf_counter() - t0)
                 outs.append(finish(y))
-            rows.append(self._sr_row(name, "sdflow", tau, outs, hr, lr, times))
+            rows.append(self._sr_row(name, "sdflow", tau, outs, hr, lr, times, mask))
+            if tau == 0:
+                mode_psnr = rows[-1]["psnr_y"]
             if visual is not None:
                 # At tau 0 every sample is the same mode; one panel says all.
                 for k, out in enumerate(outs[:1] if tau == 0 else outs[:_REPORT_SAMPLES]):
                     label = f"SDFlow τ={tau:g}" + (f" #{k}" if tau and self.samples > 1 else "")
                     visual.sr.append(Panel(label, _display_u8(_cutter(visual.box)(out)), "hr",
                                            _caption_sr_sample(out, hr)))
+                if tau > 0 and len(outs) > 1:
+                    visual.sr.append(_spread_panel(tau, [_cutter(visual.box)(o) for o in outs]))
+        if diverse:
+            if mode_psnr is None:  # tau 0 not asked for: its output is the reference all the same
+                mode_psnr = sr_scores(finish(self._sample("sr", image, 0.0, 0)), hr, lr, ("psnr_y",))["psnr_y"]
+            for r in rows:
+                if r["method"] == "sdflow" and r["tau"] > 0:
+                    r["best_gain"], r["worst_gain"] = (v - mode_psnr for v in r["_psnr_y_range"])
+        for r in rows:
+            r.pop("_psnr_y_range", None)
         if visual is not None:
             visual.sr.append(Panel("HR (ground truth)", _display_u8(_cutter(visual.box)(hr)), "hr"))
         if image is not None and image.shares("sr"):
             _spread_seconds(rows)
         return rows
 
-    def _sr_row(self, name, method, tau, outs, hr, lr, times) -> dict:
+    def _sr_row(self, name, method, tau, outs, hr, lr, times, texture=None) -> dict:
+        """Scores averaged over the samples `outs`; with 2 or more, their spread over the whole
+        image and over the `texture` mask, and (kept apart for `_sr` to turn into the best- and
+        worst-of-N gains) the best and worst sample's PSNR-Y."""
         per = [sr_scores(o, hr, lr) for o in outs]
         row = {"image": name, "method": method, "tau": tau, "samples": len(outs)}
         row.update({k: _nanmean([p[k] for p in per]) for k in SR_SCORES})
         lp = [self._lpips(o, hr) for o in outs]
         row["lpips"] = None if lp[0] is None else _nanmean(lp)
-        row["diversity"] = LEVELS * metrics.diversity(outs) if len(outs) > 1 else None
+        row["diversity"] = row["diversity_tex"] = row["best_gain"] = row["worst_gain"] = None
+        if len(outs) > 1:
+            spread = metrics.spread_map(outs)
+            row["diversity"] = LEVELS * float(spread.mean())
+            if texture is not None:
+                row["diversity_tex"] = LEVELS * float(spread[texture].mean())
+            finite = [p["psnr_y"] for p in per if not math.isnan(p["psnr_y"])]
+            row["_psnr_y_range"] = (max(finite), min(finite)) if finite else (math.nan, math.nan)
         row["seconds"] = float(np.mean(times))
         return row
 
@@ -377,6 +402,19 @@ def quantised(y: torch.Tensor, kind: Tuple[int, bool] = (8, False), size: Option
     # C order like the reference images: numpy's matmul (the Y conversion) may sum in another
     # order for other strides, which turns identical pixels into a finite PSNR-Y of ~330 dB.
     return np.ascontiguousarray(quantize(a, 16 if depth == 16 else 8))
+
+
+# Spread maps are drawn white at this many 8-bit levels of per-pixel std and above.
+SPREAD_WHITE = 8.0
+
+
+def _spread_panel(tau: float, crops: List[np.ndarray]) -> Panel:
+    """Where the samples of one crop differ: their per-pixel std, black at 0 and white at
+    SPREAD_WHITE levels."""
+    spread = LEVELS * metrics.spread_map(crops)
+    grey = np.clip(np.rint(spread / SPREAD_WHITE * 255), 0, 255).astype(np.uint8)
+    return Panel(f"spread τ={tau:g}", np.repeat(grey[..., None], 3, axis=2), "hr",
+                 f"mean {spread.mean():.1f} levels over {len(crops)} samples; white = {SPREAD_WHITE:g}+")
 
 
 def _cutter(box):
