@@ -415,6 +415,9 @@ def test_a_residual_extractor_starts_as_the_lr_pictures_content_in_both_forms():
         assert torch.allclose(fresh.content(even), fresh.f_lr(even)[0])
         assert ContentExtractor(8, 1, 1)(even).abs().max() > 0   # a direct E does not start at zero
         assert torch.allclose(model.content(even), expect, atol=1e-6)
+        correction, base = model.content_parts(even)  # the two parts the objective detaches apart
+        assert torch.equal(correction, model.content_extractor(even)) and torch.equal(base, model.f_lr(even)[0])
+        assert perturbed().content_parts(even)[1] is None
     lr = torch.rand(2, 3, 9, 7) * 2 - 1   # odd sides: f_LR of the edge-padded image, cut back
     z = model.sample_hf_latent(lr, 0.0)
     ref = copy.deepcopy(model).double().super_resolve(lr, hf_latent=z)

@@ -110,8 +110,17 @@ class SDFlow(nn.Module):
 
     def content(self, x: torch.Tensor) -> torch.Tensor:
         """The content extractor E(x); with `config.extractor` "residual", f_LR(x) + E's output."""
+        correction, base = self.content_parts(x)
+        return correction if base is None else correction + base
+
+    def content_parts(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """E(x) in its two parts: the extractor network's output and the f_LR(x) a residual
+        extractor adds it to (None for a direct one). Training terms that must move E's
+        correction alone detach the second part without running f_LR again."""
         c = self.content_extractor(x)
-        return c + even_sided(lambda v: self.f_lr(v)[0], x) if self.config.extractor == "residual" else c
+        if self.config.extractor != "residual":
+            return c, None
+        return c, even_sided(lambda v: self.f_lr(v)[0], x)
 
     def lr_log_density(self, x: torch.Tensor, content: Optional[torch.Tensor] = None) -> torch.Tensor:
         """log p(x | z_c) in nats per image, with z_c = E(x) unless `content` is given."""

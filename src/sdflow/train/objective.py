@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow, even_sided
+from sdflow.model import CONTENT_CHANNELS, HF_CHANNELS, SDFlow
 from sdflow.nets.discriminators import VGG19Features, perceptual_distance
 from sdflow.resize import downscale, gaussian_blur
 from sdflow.train.config import hf_levels_min_side
@@ -221,21 +221,19 @@ class GeneratorObjective(nn.Module):
             ref = inv(target)
         return F.l1_loss(inv(c), ref)
 
-    def content_hf_match(self, lr: torch.Tensor, c: torch.Tensor, z_c_h: torch.Tensor,
+    def content_hf_match(self, c: torch.Tensor, c_own: torch.Tensor, z_c_h: torch.Tensor,
                          target_pic: torch.Tensor) -> torch.Tensor:
         """E must deblur and denoise: its content as sharp and as clean as the HR side's, compared
         as distributions over the batch (the photos differ). In latent space against z_c^h (held
         fixed); in picture space (`content_hf_space`), E's picture against the HR's content
         target picture, through a frozen f_LR and with a residual E's f_LR(x) detached: t12 showed
-        a latent match met by f_LR reshaping the latent while no picture changed."""
+        a latent match met by f_LR reshaping the latent while no picture changed. `c_own` is E(x)
+        with a residual E's f_LR(x) detached (`SDFlow.content_parts`)."""
         cfg, m = self.cfg, self.model
         log = cfg.content_hf_statistic == "log"
         if cfg.content_hf_space == "latent":
             return hf_distribution_l1(c, z_c_h.detach(), cfg.content_hf_levels, log)
-        if m.config.extractor == "residual":
-            base = even_sided(lambda v: m.f_lr(v)[0], lr)
-            c = c - base + base.detach()  # the same f_LR(x) twice: its gradient cancels, E's stays
-        picture = call_frozen(m.f_lr, c, inverse=True)[0]
+        picture = call_frozen(m.f_lr, c_own, inverse=True)[0]
         return hf_distribution_l1(picture, target_pic.detach(), cfg.content_hf_levels, log)
 
     def content_log_prior(self, z_c: torch.Tensor, target_pic: torch.Tensor) -> torch.Tensor:
@@ -267,7 +265,10 @@ class GeneratorObjective(nn.Module):
 
         # One pass of f_HR serves the likelihood, the content, the domain and DS terms.
         z_c_h, z_h, logdet_hr = m.encode_hr(hr_in)
-        c = m.content(lr)  # E sees the 8-bit image: the likelihood is conditioned on the data itself
+        # E sees the 8-bit image: the likelihood is conditioned on the data itself.
+        correction, base = m.content_parts(lr)
+        c = correction if base is None else correction + base
+        c_own = c if base is None else correction + base.detach()  # E's part alone moves
         # The HR's content where the SR side learns from it (loss.sr_content: z_c^h, or f_LR of the
         # content target picture) and where DS starts (the model's ds_content: z_c^h, or f_LR of the
         # model's own content picture, as `sdflow ds` makes it), both fixed.
@@ -345,7 +346,7 @@ class GeneratorObjective(nn.Module):
                 terms["content_perceptual"] = (perceptual_distance(self.vgg, lr_from_hr, target_pic)
                                                + perceptual_distance(self.vgg, lr_from_c, target_lr))
         if w["content_hf_match"] > 0:
-            terms["content_hf_match"] = self.content_hf_match(lr, c, z_c_h, target_pic)
+            terms["content_hf_match"] = self.content_hf_match(c, c_own, z_c_h, target_pic)
         if w["domain"] > 0:
             # Least squares with swapped labels: each side is pushed towards the other.
             # With `domain_detach_hr` only E is moved: z_c^h is pinned to a known picture, and pulling
