@@ -18,7 +18,10 @@ train_HR). Printed, as means over the split's pairs:
   picture and of the target picture;
 - the decode of z_c^t against bicubic upscaling of the target picture on every 6th training HR
   tile too: below bicubic on the training photos means the SR path underfits, not that it fails
-  to carry over.
+  to carry over;
+- on the same tiles' degraded partners in FAMILY/pairs (LR images E never saw in unpaired
+  training), E's picture and the LR against the clean target picture, and SR from E(x) against
+  bicubic upscaling: what E restores, measured on some 15 tiles where the tuning split has 2 photos.
 """
 from __future__ import annotations
 
@@ -70,11 +73,20 @@ def probe_pair(m, hr, lr, sigma):
             "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr)}
 
 
-def fit_tile(m, hr, sigma):
+def fit_tile(m, hr, sigma, lr=None):
+    """One training HR tile; with `lr`, its degraded partner from FAMILY/pairs (an LR that E never
+    saw: the unpaired LR side is other photos), how far E restores it toward the clean target."""
     target = gaussian_blur(downscale(hr, 4), sigma)
     ref = quantised(hr)
-    return {"train sr z_c^t": psnr_y(quantised(decode(m, m.f_lr(target)[0])), ref, SR_BORDER),
-            "train bicubic target": psnr_y(quantised(upscale(target, 4)), ref, SR_BORDER)}
+    out = {"train sr z_c^t": psnr_y(quantised(decode(m, m.f_lr(target)[0])), ref, SR_BORDER),
+           "train bicubic target": psnr_y(quantised(upscale(target, 4)), ref, SR_BORDER)}
+    if lr is not None:
+        to_target = lambda x: psnr(quantised(x), quantised(target))  # noqa: E731
+        c = m.content(lr)
+        out.update({"pairs E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "pairs LR ~ target": to_target(lr),
+                    "pairs sr E(x)": psnr_y(quantised(decode(m, c)), ref, SR_BORDER),
+                    "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER)})
+    return out
 
 
 def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6):
@@ -92,9 +104,16 @@ def _probe(model_path, family, split, sigma, train_every):
         rows.append(probe_pair(m, hr, lr, sigma))
     fits = []
     for p in (sorted((family / "train_HR").glob("*.png"))[::train_every] if train_every else []):
-        hr = to_tensor(read_rgb(p))[None]
-        fits.append(fit_tile(m, hr[..., :hr.shape[-2] // 8 * 8, :hr.shape[-1] // 8 * 8], sigma))
-    mean = lambda group: {k: float(np.mean([r[k] for r in group])) for k in group[0]} if group else {}  # noqa: E731
+        partner = family / "pairs" / "LR" / p.name
+        if partner.exists():
+            hr, lr = load_pair(family / "pairs" / "HR" / p.name, partner)
+            fits.append(fit_tile(m, hr, sigma, lr))
+        else:
+            hr = to_tensor(read_rgb(p))[None]
+            fits.append(fit_tile(m, hr[..., :hr.shape[-2] // 8 * 8, :hr.shape[-1] // 8 * 8], sigma))
+    # Tiles without a partner lack the pairs figures: each figure is the mean where it exists.
+    mean = lambda group: {k: float(np.mean([r[k] for r in group if k in r]))  # noqa: E731
+                          for k in dict.fromkeys(k for r in group for k in r)} if group else {}
     return mean(rows), mean(fits), len(rows)
 
 

@@ -140,6 +140,13 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     assert n == 1 and abs(got["sr E(x)"] - want_sr) < 0.02 and abs(got["ds"] - want_ds) < 0.02
     assert abs(got["ds target"] - got["LR ~ target"]) < 1e-6   # one PSNR, both ways
     assert got["sr z_c^h"] != got["sr z_c^t"] and set(fits) == {"train sr z_c^t", "train bicubic target"}
+    # With a degraded partner in pairs/, E's restoration of it, here of the tuning pair itself.
+    for folder, a in (("pairs/HR", hr), ("pairs/LR", lr)):
+        (tmp_path / "fam" / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(tmp_path / "fam" / folder / "0.png")
+    _, fits, _ = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1)
+    assert abs(fits["pairs sr E(x)"] - got["sr E(x)"]) < 1e-6 and abs(fits["pairs E pic ~ target"] - got["E pic ~ target"]) < 1e-6
+    assert abs(fits["pairs bicubic LR"] - got["bicubic LR"]) < 1e-6
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]
