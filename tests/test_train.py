@@ -1110,3 +1110,38 @@ def test_cycle_draws_add_pseudo_pairs_of_turned_patches(side, monkeypatch):
         assert not _has_grad(m)
     with pytest.raises(ValueError, match="cycle_draws"):
         TrainConfig.from_dict(apply_overrides({}, ["loss.cycle_draws=0"]))
+
+
+def test_init_starts_a_run_from_a_models_weights(data, tmp_path, capsys):
+    """train.init / --init: a new run starts from the model's weights (ActNorm statistics too: with
+    a learning rate of 0 they come out unchanged); a resumed run keeps its checkpoint; a model of
+    another architecture is refused by field."""
+    from sdflow.checkpoints import read_model_state
+
+    first = train(make_cfg(data, **{"train.steps": 2, "train.stage1_steps": 2}), tmp_path / "a")
+    assert first["step"] == 2
+    _, weights = read_model_state(tmp_path / "a" / "model.safetensors")
+    cfg = make_cfg(data, **{"train.steps": 2, "train.stage1_steps": 1, "optim.lr": 0,
+                            "train.init": str(tmp_path / "a")})
+    assert train(cfg, tmp_path / "b")["step"] == 2
+    _, after = read_model_state(tmp_path / "b" / "model.safetensors")
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
+    log = (tmp_path / "b" / "train.log").read_text()
+    assert "train.init" in log and "ActNorm layers initialised" not in log
+    fresh = train(make_cfg(data, **{"train.steps": 1, "train.stage1_steps": 1, "optim.lr": 0}), tmp_path / "c")
+    assert fresh["step"] == 1
+    _, other = read_model_state(tmp_path / "c" / "model.safetensors")
+    assert not all(torch.equal(other[k], weights[k]) for k in weights)  # without init: not a's weights
+    # Resumed with more steps and a learning rate: trains on from its checkpoint, no reload.
+    cfg = make_cfg(data, **{"train.steps": 3, "train.stage1_steps": 1, "train.init": str(tmp_path / "c")})
+    assert train(cfg, tmp_path / "b", resume=True)["step"] == 3
+    assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
+    wide = make_cfg(data, **{"model.coupling_hidden": 8, "train.init": str(tmp_path / "a")})
+    with pytest.raises(ValueError, match=r"coupling_hidden \(init 16, config 8\)"):
+        train(wide, tmp_path / "d")
+    # From the command line.
+    from sdflow.commands.train import build_config
+    from sdflow.cli import build_parser
+    args = build_parser("train").parse_args(["train", "--config", str(REPO / "configs" / "tiny.yaml"),
+                                             "--out", str(tmp_path / "e"), "--init", "default"])
+    assert build_config(args).train.init == "default"

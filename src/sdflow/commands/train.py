@@ -33,6 +33,10 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, help="total optimiser steps (overrides train.steps; the "
                                              "learning-rate milestones scale with it)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init", metavar="MODEL",
+                   help="start from this model's weights (fine-tuning; train.init): an sdflow .safetensors, "
+                        "a checkpoint or run folder, the authors' folder, or 'default'; its architecture "
+                        "must match the config's model section")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=2e-4 (repeatable; values are YAML)")
     p.add_argument("--val-hr", type=Path, help="paired validation: HR images")
@@ -61,6 +65,8 @@ def build_config(args):
         overrides.append(f"train.steps={args.steps}")
     if args.paired:
         overrides.append("data.paired=true")
+    if args.init is not None:
+        overrides.append(f"train.init={args.init if args.init == 'default' else _yaml_str(args.init)}")
 
     if args.config is not None:
         return TrainConfig.load(args.config, overrides)

@@ -46,6 +46,11 @@ class TrainSchedule:
                                       # only; auto: bf16 where the device runs it natively, else none)
     max_consecutive_skips: int = 20
     device: str = "auto"              # auto | cpu | cuda
+    # A model whose weights a new run starts from (fine-tuning: BasicSR's pretrain_network_g): any
+    # MODEL `sdflow.load` reads (our .safetensors, a checkpoint or run folder, the authors' folder,
+    # "default"). Its architecture must be the model section's; critics and optimiser start fresh.
+    # A resumed run takes its checkpoint instead.
+    init: Optional[str] = None
 
 
 @dataclass

@@ -514,6 +514,21 @@ class Trainer:
         return {"terms": sums, "g_norm": g_norm, "d_norm": d_norm, "skipped": skipped,
                 "stage": 2 if stage2 else 1, "lr": cfg.optim.lr * factor}
 
+    def _load_init(self, source: str) -> None:
+        """The generator's weights from `source` (train.init), ActNorm statistics included, so the
+        first batch initialises nothing; refused, naming the fields, where the architectures differ."""
+        from sdflow.checkpoints import read_model_state
+
+        config, state = read_model_state(source)
+        theirs, mine = config.to_dict(), self.cfg.model_config().to_dict()
+        differ = [f"{k} (init {theirs.get(k)!r}, config {mine.get(k)!r})"
+                  for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        if differ:
+            raise ValueError(f"train.init {source}: its architecture differs from the config's model section in "
+                             f"{', '.join(differ)}; set those with --set model.KEY=VALUE")
+        self.model.load_state_dict(state, strict=True)
+        self.logger.info(f"weights from {source} (train.init)")
+
     def run(self) -> dict:
         cfg = self.cfg
         self.dist = setup_distributed(cfg.train.device)
@@ -554,6 +569,8 @@ class Trainer:
             self.batches = iter(make_loader(self.dataset, self.micro, cfg.train.seed, d.rank, d.world_size,
                                             start=self.data_position, num_workers=cfg.data.num_workers,
                                             pin_memory=d.device.type == "cuda"))
+            if ck is None and cfg.train.init:
+                self._load_init(cfg.train.init)
             if ck is None:
                 self._init_actnorm()
             self._wrap()
