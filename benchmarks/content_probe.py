@@ -21,7 +21,9 @@ train_HR). Printed, as means over the split's pairs:
   to carry over;
 - on the same tiles' degraded partners in FAMILY/pairs (LR images E never saw in unpaired
   training), E's picture and the LR against the clean target picture, and SR from E(x) against
-  bicubic upscaling: what E restores, measured on some 15 tiles where the tuning split has 2 photos.
+  bicubic upscaling: what E restores, measured on some 15 tiles where the tuning split has 2 photos;
+  and a DS sample of the tile at tau 1 (what the cycles teach E from) and E's picture of it against
+  the same target: whether E's training inputs are as degraded as the real LR, and what E does to them.
 """
 from __future__ import annotations
 
@@ -83,9 +85,16 @@ def fit_tile(m, hr, sigma, lr=None):
     if lr is not None:
         to_target = lambda x: psnr(quantised(x), quantised(target))  # noqa: E731
         c = m.content(lr)
+        # The pseudo-pair the cycles teach E from (a DS sample at tau 1, as cycle_tau 1 draws it):
+        # as far from the target as the real LR is, E's training input is as degraded as its test input.
+        ds = m.downscale(hr, 1.0, precision="fp32", generator=torch.Generator().manual_seed(0))
+        ds = quantised(ds).astype(np.float32) / 127.5 - 1  # the 8-bit sample the cycles see
+        ds = torch.from_numpy(ds).permute(2, 0, 1)[None]
         out.update({"pairs E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "pairs LR ~ target": to_target(lr),
                     "pairs sr E(x)": psnr_y(quantised(decode(m, c)), ref, SR_BORDER),
-                    "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER)})
+                    "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER),
+                    "pairs DS(t1) ~ target": to_target(ds),
+                    "pairs E(DS) pic ~ target": to_target(m.f_lr.inverse(m.content(ds))[0])})
     return out
 
 

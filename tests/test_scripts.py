@@ -147,6 +147,10 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     _, fits, _ = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1)
     assert abs(fits["pairs sr E(x)"] - got["sr E(x)"]) < 1e-6 and abs(fits["pairs E pic ~ target"] - got["E pic ~ target"]) < 1e-6
     assert abs(fits["pairs bicubic LR"] - got["bicubic LR"]) < 1e-6
+    from sdflow.resize import downscale, gaussian_blur
+    ds1 = m.downscale(t_hr, 1.0, precision="fp32", generator=torch.Generator().manual_seed(0))
+    target = gaussian_blur(downscale(t_hr, 4), 0.7)  # the probe's default --sigma
+    assert abs(fits["pairs DS(t1) ~ target"] - psnr(quantised(ds1), quantised(target))) < 1e-6
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]
