@@ -1073,45 +1073,6 @@ def test_deg_content_picture_gives_f_deg_the_blurred_picture_of_es_content(monke
         TrainConfig.from_dict(apply_overrides({}, ["model.preset=tiny", "loss.deg_content=picture"])).validate()
 
 
-@pytest.mark.parametrize("side", [(8, 8), (8, 12)])
-def test_cycle_draws_add_pseudo_pairs_of_turned_patches(side, monkeypatch):
-    """cycle_draws=k: content_cycle also teaches E from k-1 DS samples per patch, each of the patch
-    under its own turn or mirror image (shape-keeping ones for non-square patches), with the SR
-    side's content of that transformed patch as the target; only E learns from them."""
-    from sdflow.resize import downscale, gaussian_blur
-    from sdflow.train.objective import dihedral
-
-    over = ("loss.sr_content=target", "loss.cycle_space=picture", "loss.cycle_draws=3")
-    obj, model, _, hr, lr = _objective(_only("content_cycle", *over))
-    hr = torch.rand(2, 3, side[0] * 4, side[1] * 4) * 2 - 1
-    lr = torch.rand(2, 3, *side) * 2 - 1
-    torch.manual_seed(5)
-    x, target = obj.extra_cycle_pairs(hr, 2)
-    torch.manual_seed(5)
-    options = list(range(1, 8)) if side[0] == side[1] else [2, 4, 6]
-    picks = [options[i] for i in torch.randperm(len(options)).tolist()[:2]]
-    n = hr.shape[0]
-    assert x.shape == (2 * n, 3, *side) and target.shape[0] == 2 * n
-    for k, i in enumerate(picks):
-        with torch.no_grad():
-            expect = model.f_lr(gaussian_blur(downscale(dihedral(hr, i), 4), 0.0))[0]
-        assert torch.allclose(target[k * n:(k + 1) * n], expect, atol=1e-5)
-    assert not torch.allclose(target[:n], target[n:], atol=1e-3)  # two different transforms
-    assert torch.equal(dihedral(dihedral(hr, 4), 4), hr) and torch.equal(dihedral(hr, 0), hr)
-    # The term is the mean over all draws, and only E moves.
-    seen = []
-    real = obj.content_distance
-    monkeypatch.setattr(obj, "content_distance", lambda c, t: seen.append(c.shape[0]) or real(c, t))
-    total, terms, _ = obj(hr, lr, stage2=True)
-    assert seen == [n, 2 * n] and math.isfinite(float(terms["content_cycle"]))
-    total.backward()
-    assert _has_grad(model.content_extractor)
-    for m in (model.f_hr, model.f_hf, model.f_deg, model.f_lr):
-        assert not _has_grad(m)
-    with pytest.raises(ValueError, match="cycle_draws"):
-        TrainConfig.from_dict(apply_overrides({}, ["loss.cycle_draws=0"]))
-
-
 def test_init_starts_a_run_from_a_models_weights(data, tmp_path, capsys):
     """train.init / --init: a new run starts from the model's weights (ActNorm statistics too: with
     a learning rate of 0 they come out unchanged); a resumed run keeps its checkpoint; a model of

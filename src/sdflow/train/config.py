@@ -97,12 +97,6 @@ class LossConfig:
     sr_cycle_nll: float = 0.0
     # Temperature of the DS samples the cycles learn from; None: the critics' (stage2_tau).
     cycle_tau: Optional[float] = None
-    # [ours] DS samples content_cycle teaches E from per HR patch: 1, the batch's own; k > 1 adds
-    # k - 1 drawn without gradient from the patch turned or mirrored (a different dihedral
-    # transform each), so E sees k times the pseudo-pairs of a step at LR cost (f_Deg, f_LR and E
-    # on LR patches; the HR flows do not run again). E is what limits SR and it learns slowly
-    # from 8 small patches a step (docs/training.md, "E's prior and a frozen f_LR").
-    cycle_draws: int = 1
     # Where content_cycle and paired_content compare E's content with the known one: latent (f_LR's
     # latent space, whose scale drifts in training) or picture (the contents decoded by f_LR^-1).
     cycle_space: str = "latent"
@@ -350,7 +344,6 @@ class TrainConfig:
             "loss.content_lr_lpf_sigma": (lo.content_lr_lpf_sigma, 0),
             "loss.content_target_sigma": (lo.content_target_sigma, 0), "loss.stage2_tau": (lo.stage2_tau, 0),
             "loss.critic_highpass": (lo.critic_highpass, 0), "loss.cycle_tau": (lo.cycle_tau, 0),
-            "loss.cycle_draws": (lo.cycle_draws, 1),
             "log.every": (lg.every, 1), "log.image_every": (lg.image_every, 0),
             "checkpoint.every": (self.checkpoint.every, 0), "checkpoint.keep": (self.checkpoint.keep, 0),
             "val.every": (v.every, 0), "val.max_images": (v.max_images, 0), "val.crop": (v.crop, 0),

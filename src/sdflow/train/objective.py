@@ -141,12 +141,6 @@ def ds_from_content(m: SDFlow, z_c: torch.Tensor, tau: float, sampler: str) -> t
     return m.f_lr.inverse(z_c + m.f_deg.inverse(z, z_c)[0])[0]
 
 
-def dihedral(x: torch.Tensor, i: int) -> torch.Tensor:
-    """The i-th (0-7) of the eight turns and mirror images of a batch of images; 0 is x."""
-    x = torch.rot90(x, i % 4, dims=(-2, -1))
-    return x.flip(-1) if i >= 4 else x
-
-
 def call_frozen(module: nn.Module, *args, inverse: bool = False):
     """Run `module` (or its inverse) with its parameters detached: gradients reach the
     inputs but not the parameters. Cheaper and safer than toggling requires_grad, which
@@ -241,26 +235,6 @@ class GeneratorObjective(nn.Module):
             return hf_distribution_l1(c, z_c_h.detach(), cfg.content_hf_levels, log)
         picture = call_frozen(m.f_lr, c_own, inverse=True)[0]
         return hf_distribution_l1(picture, target_pic.detach(), cfg.content_hf_levels, log)
-
-    @torch.no_grad()
-    def extra_cycle_pairs(self, hr: torch.Tensor, draws: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`draws` more pseudo-pairs per HR patch for content_cycle (`cycle_draws`): DS samples, at
-        the cycles' temperature, of the patches turned or mirrored (each draw its own transform,
-        chosen at random; non-square patches only by those that keep their shape), and the content
-        E should find in each, made as the batch's own (the SR side's content of the same patch)."""
-        cfg, m = self.cfg, self.model
-        options = list(range(1, 8)) if hr.shape[-1] == hr.shape[-2] else [2, 4, 6]
-        order = torch.randperm(len(options)).tolist()
-        picks = [options[order[k % len(options)]] for k in range(draws)]
-        hr_k = torch.cat([dihedral(hr, i) for i in picks])
-        tau = cfg.stage2_tau if cfg.cycle_tau is None else cfg.cycle_tau
-        x = ds_from_content(m, m.hr_content(hr_k), tau, cfg.ds_sampler)
-        x = quantize_st(x) if cfg.quantize_fakes else x
-        if cfg.sr_content == "target":
-            target = m.f_lr(gaussian_blur(downscale(hr_k, 4, cfg.content_kernel), cfg.content_target_sigma))[0]
-        else:
-            target = m.encode_hr(hr_k)[0]
-        return x, target
 
     def content_log_prior(self, z_c: torch.Tensor, target_pic: torch.Tensor) -> torch.Tensor:
         """log p(z_c) in nats per sample under f_LR's image of N(target picture, s^2 I) (f_LR's
@@ -420,11 +394,6 @@ class GeneratorObjective(nn.Module):
                 x_in = x_cyc.detach() if cfg.cycle_detach_ds else x_cyc
                 c_ds = m.content(x_in)
                 terms["content_cycle"] = self.content_distance(c_ds, z_c_sr)
-                if cfg.cycle_draws > 1:
-                    k = cfg.cycle_draws
-                    x_more, target_more = self.extra_cycle_pairs(hr, k - 1)
-                    more = self.content_distance(m.content(x_more), target_more)
-                    terms["content_cycle"] = (terms["content_cycle"] + (k - 1) * more) / k
             if (w["sr_cycle"] > 0 or w["sr_cycle_nll"] > 0) and (c_ds is None or not cfg.cycle_detach_ds):
                 c_ds = m.content(x_cyc.detach())
             if w["sr_cycle"] > 0:
