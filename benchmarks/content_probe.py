@@ -88,8 +88,7 @@ def fit_tile(m, hr, sigma, lr=None):
         # The pseudo-pair the cycles teach E from (a DS sample at tau 1, as cycle_tau 1 draws it):
         # as far from the target as the real LR is, E's training input is as degraded as its test input.
         ds = m.downscale(hr, 1.0, precision="fp32", generator=torch.Generator().manual_seed(0))
-        ds = quantised(ds).astype(np.float32) / 127.5 - 1  # the 8-bit sample the cycles see
-        ds = torch.from_numpy(ds).permute(2, 0, 1)[None]
+        ds = to_tensor(quantised(ds))[None]  # the 8-bit sample the cycles see
         out.update({"pairs E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "pairs LR ~ target": to_target(lr),
                     "pairs sr E(x)": psnr_y(quantised(decode(m, c)), ref, SR_BORDER),
                     "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER),

@@ -229,9 +229,15 @@ def mean_gradient_magnitude(img: ArrayLike) -> float:
     g = _luma01(img)
     if g.shape[0] < 3 or g.shape[1] < 3:
         raise ValueError(f"mean_gradient_magnitude needs at least 3 x 3 pixels, got {g.shape}")
+    return float(_gradient_magnitude(g).mean())
+
+
+def _gradient_magnitude(g: np.ndarray) -> np.ndarray:
+    """Central-difference gradient magnitude of a grey image (at least 3 x 3), without its
+    one-pixel border."""
     gy = 0.5 * (g[2:, 1:-1] - g[:-2, 1:-1])
     gx = 0.5 * (g[1:-1, 2:] - g[1:-1, :-2])
-    return float(np.sqrt(gx * gx + gy * gy).mean())
+    return np.sqrt(gx * gx + gy * gy)
 
 
 def diversity(samples: Union[Sequence[ArrayLike], ArrayLike]) -> float:
@@ -268,9 +274,7 @@ def texture_mask(img: ArrayLike, fraction: float = 0.25, window: int = 7) -> np.
     h, w = g.shape
     mag = np.zeros((h, w))
     if h >= 3 and w >= 3:
-        gy = 0.5 * (g[2:, 1:-1] - g[:-2, 1:-1])
-        gx = 0.5 * (g[1:-1, 2:] - g[1:-1, :-2])
-        mag[1:-1, 1:-1] = np.sqrt(gx * gx + gy * gy)
+        mag[1:-1, 1:-1] = _gradient_magnitude(g)
     r = window // 2
     integral = np.pad(np.pad(mag, r, mode="edge").cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     k = 2 * r + 1

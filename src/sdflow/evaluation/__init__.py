@@ -31,7 +31,8 @@ Scoring rules, chosen so the numbers are those of the files `sdflow sr` / `sdflo
   standard deviation across them (8-bit levels); for SR also `diversity_tex`, the same over the
   image's most detailed quarter (`metrics.texture_mask` of the HR), and `best_gain` /
   `worst_gain`, the best / worst sample's PSNR-Y minus the tau-0 output's (best-of-N as the NTIRE
-  2021 SR-space challenge scored it; tau 0 is sampled for it when not among the taus); the report adds a map of the spread to its crops;
+  2021 SR-space challenge scored it; tau 0 is sampled for it when not among the taus); the
+  report adds a map of the spread to its crops;
 * every tau and sample of an image shares the image's condition (`Pipeline.prepare`), so
   `seconds` is per output with that shared work spread over them;
 * a mean row averages the per-image rows (a PSNR of inf, i.e. identical images, makes it inf).

@@ -294,8 +294,9 @@ def render_html(result: EvalResult, images: dict, title: Optional[str] = None) -
         "sr": "Against the HR image. Y: BT.601 luma; a 4-pixel border is dropped. LR-PSNR: the SR "
               "output shrunk by bicubic ×4 against its LR input (consistency). diversity: mean "
               "per-pixel std across samples, 8-bit levels, over the whole image and over its most "
-              "detailed quarter (textured). best- / worst-of-N gain: the best / worst sample's PSNR-Y minus τ=0's. s/sample: seconds per output (the work that an "
-              "image's taus and samples share counted once and spread over them).",
+              "detailed quarter (textured). best- / worst-of-N gain: the best / worst sample's "
+              "PSNR-Y minus τ=0's. s/sample: seconds per output (the work that an image's taus "
+              "and samples share counted once and spread over them).",
         "ds": "Against the real LR. noise: estimated noise σ; lap-var: variance of the Laplacian "
               "(sharpness); grad: mean gradient magnitude; all in 8-bit levels; gaps: per-image "
               "|generated − real|, averaged. The real-LR row is the target.",
