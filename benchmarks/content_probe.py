@@ -23,7 +23,11 @@ train_HR). Printed, as means over the split's pairs:
   training), E's picture and the LR against the clean target picture, and SR from E(x) against
   bicubic upscaling: what E restores, measured on some 15 tiles where the tuning split has 2 photos;
   and a DS sample of the tile at tau 1 (what the cycles teach E from) and E's picture of it against
-  the same target: whether E's training inputs are as degraded as the real LR, and what E does to them.
+  the same target: whether E's training inputs are as degraded as the real LR, and what E does to them;
+- where each degradation lives: the RMS (8-bit levels) of the real LR's and of that DS sample's
+  difference from the clean target in three bands, `low` (what a Gaussian low-pass of 3 LR pixels
+  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes), with
+  --cycle-tau the DS sample's temperature (the run's `loss.cycle_tau`).
 """
 from __future__ import annotations
 
@@ -75,7 +79,18 @@ def probe_pair(m, hr, lr, sigma):
             "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr)}
 
 
-def fit_tile(m, hr, sigma, lr=None):
+BANDS = (("low", None, 3.0), ("mid", 3.0, 1.0), ("high", 1.0, 0.0))
+
+
+def band_rms(d):
+    """RMS in 8-bit levels of a difference of [-1, 1] images in the `BANDS` (differences of
+    Gaussian low-passes of sigma LR pixels; the three add up to `d`)."""
+    lp = lambda s: d if s == 0 else gaussian_blur(d, s)  # noqa: E731
+    return {name: float((lp(lo) - (0 if hi is None else lp(hi))).pow(2).mean().sqrt()) * 127.5
+            for name, hi, lo in BANDS}
+
+
+def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
     """One training HR tile; with `lr`, its degraded partner from FAMILY/pairs (an LR that E never
     saw: the unpaired LR side is other photos), how far E restores it toward the clean target."""
     target = gaussian_blur(downscale(hr, 4), sigma)
@@ -87,24 +102,28 @@ def fit_tile(m, hr, sigma, lr=None):
         c = m.content(lr)
         # The pseudo-pair the cycles teach E from (a DS sample at tau 1, as cycle_tau 1 draws it):
         # as far from the target as the real LR is, E's training input is as degraded as its test input.
-        ds = m.downscale(hr, 1.0, precision="fp32", generator=torch.Generator().manual_seed(0))
+        ds = m.downscale(hr, cycle_tau, precision="fp32", generator=torch.Generator().manual_seed(0))
         ds = to_tensor(quantised(ds))[None]  # the 8-bit sample the cycles see
+        t = to_tensor(quantised(target))[None]
         out.update({"pairs E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "pairs LR ~ target": to_target(lr),
                     "pairs sr E(x)": psnr_y(quantised(decode(m, c)), ref, SR_BORDER),
                     "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER),
-                    "pairs DS(t1) ~ target": to_target(ds),
+                    f"pairs DS(t{cycle_tau:g}) ~ target": to_target(ds),
                     "pairs E(DS) pic ~ target": to_target(m.f_lr.inverse(m.content(ds))[0])})
+        out.update({f"pairs LR-target {k}": v for k, v in band_rms(lr - t).items()})
+        out.update({f"pairs DS-target {k}": v for k, v in band_rms(ds - t).items()})
     return out
 
 
-def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6):
+def probe(model_path, family: Path, split: str = "tune", sigma: float = 0.7, train_every: int = 6,
+          cycle_tau: float = 1.0):
     """The means of `probe_pair` over the split's pairs and of `fit_tile` over every
     `train_every`-th training HR tile (empty for 0), and the number of pairs."""
     with torch.no_grad():  # not set_grad_enabled: a caller (the tests) keeps its own mode
-        return _probe(model_path, family, split, sigma, train_every)
+        return _probe(model_path, family, split, sigma, train_every, cycle_tau)
 
 
-def _probe(model_path, family, split, sigma, train_every):
+def _probe(model_path, family, split, sigma, train_every, cycle_tau):
     m = sdflow.load(model_path, dtype=torch.float32).eval()
     rows = []
     for hr_path in sorted((family / split / "HR").glob("*.png")):
@@ -115,7 +134,7 @@ def _probe(model_path, family, split, sigma, train_every):
         partner = family / "pairs" / "LR" / p.name
         if partner.exists():
             hr, lr = load_pair(family / "pairs" / "HR" / p.name, partner)
-            fits.append(fit_tile(m, hr, sigma, lr))
+            fits.append(fit_tile(m, hr, sigma, lr, cycle_tau))
         else:
             hr = to_tensor(read_rgb(p))[None]
             fits.append(fit_tile(m, hr[..., :hr.shape[-2] // 8 * 8, :hr.shape[-1] // 8 * 8], sigma))
@@ -132,8 +151,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", default="tune")
     ap.add_argument("--sigma", type=float, default=0.7, help="the target picture's blur (content_target_sigma)")
     ap.add_argument("--train-every", type=int, default=6, help="probe every Nth training HR tile (0: none)")
+    ap.add_argument("--cycle-tau", type=float, default=1.0, help="the DS sample's temperature (loss.cycle_tau)")
     args = ap.parse_args(argv)
-    rows, fits, n = probe(args.model, args.family, args.split, args.sigma, args.train_every)
+    rows, fits, n = probe(args.model, args.family, args.split, args.sigma, args.train_every, args.cycle_tau)
     print(f"{args.model} on {args.family.name}/{args.split} ({n} pairs), target blur {args.sigma}:")
     for group in (rows, fits):
         if group:

@@ -151,6 +151,16 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     ds1 = m.downscale(t_hr, 1.0, precision="fp32", generator=torch.Generator().manual_seed(0))
     target = gaussian_blur(downscale(t_hr, 4), 0.7)  # the probe's default --sigma
     assert abs(fits["pairs DS(t1) ~ target"] - psnr(quantised(ds1), quantised(target))) < 1e-6
+    # The three bands split the difference: their energies add up to its own (nearly: the bands
+    # are not exactly orthogonal), and the LR's total matches its PSNR to the target.
+    for who in ("LR", "DS"):
+        bands = [fits[f"pairs {who}-target {b}"] for b in ("low", "mid", "high")]
+        assert min(bands) >= 0 and max(bands) > 0
+    total = 255 * 10 ** (-fits["pairs LR ~ target"] / 20)  # RMS in 8-bit levels from the PSNR
+    energy = sum(fits[f"pairs LR-target {b}"] ** 2 for b in ("low", "mid", "high"))
+    assert 0.5 * total ** 2 < energy < 1.5 * total ** 2
+    _, hot, _ = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1, cycle_tau=2.0)
+    assert "pairs DS(t2) ~ target" in hot and hot["pairs LR-target mid"] == fits["pairs LR-target mid"]
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]

@@ -170,7 +170,9 @@ def test_paper_and_tiny_configs(tmp_path):
     assert unpaired.loss.cycle_space == "picture" and unpaired.train.amp == "auto"
     m = unpaired.model_config()  # the lifting recipe (docs/training.md, "The lifting squeeze")
     assert (m.hr_squeeze, m.extractor, m.ds_content, m.ds_content_sigma) == ("lifting", "residual", "picture", 0.7)
-    assert (unpaired.loss.sr_content, unpaired.loss.content_target_sigma, unpaired.loss.ds_hf_match) == ("target", 0.0, 1.0)
+    assert (unpaired.loss.sr_content, unpaired.loss.content_target_sigma, unpaired.loss.ds_hf_match) == ("target", 0.0, 3.0)
+    # Tempered cycles, with f_LR fixed (docs/training.md, "Tempered cycles").
+    assert unpaired.loss.cycle_tau == 2.0 and unpaired.optim.freeze == ["f_lr"]
     # A saved config reads back identically.
     paper.save(tmp_path / "c.yaml")
     assert TrainConfig.load(tmp_path / "c.yaml") == paper
