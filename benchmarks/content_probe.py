@@ -79,15 +79,16 @@ def probe_pair(m, hr, lr, sigma):
             "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr)}
 
 
+# Each band is what a Gaussian low-pass of `finer` LR pixels keeps and one of `coarser` removes
+# (None: nothing removed; 0: nothing blurred), so the three add up to the whole difference.
 BANDS = (("low", None, 3.0), ("mid", 3.0, 1.0), ("high", 1.0, 0.0))
 
 
 def band_rms(d):
-    """RMS in 8-bit levels of a difference of [-1, 1] images in the `BANDS` (differences of
-    Gaussian low-passes of sigma LR pixels; the three add up to `d`)."""
+    """RMS in 8-bit levels of a difference of [-1, 1] images in each of the `BANDS`."""
     lp = lambda s: d if s == 0 else gaussian_blur(d, s)  # noqa: E731
-    return {name: float((lp(lo) - (0 if hi is None else lp(hi))).pow(2).mean().sqrt()) * 127.5
-            for name, hi, lo in BANDS}
+    return {name: float((lp(finer) - (0 if coarser is None else lp(coarser))).pow(2).mean().sqrt()) * 127.5
+            for name, coarser, finer in BANDS}
 
 
 def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
@@ -100,7 +101,7 @@ def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
     if lr is not None:
         to_target = lambda x: psnr(quantised(x), quantised(target))  # noqa: E731
         c = m.content(lr)
-        # The pseudo-pair the cycles teach E from (a DS sample at tau 1, as cycle_tau 1 draws it):
+        # The pseudo-pair the cycles teach E from (a DS sample at the run's cycle_tau):
         # as far from the target as the real LR is, E's training input is as degraded as its test input.
         ds = m.downscale(hr, cycle_tau, precision="fp32", generator=torch.Generator().manual_seed(0))
         ds = to_tensor(quantised(ds))[None]  # the 8-bit sample the cycles see
