@@ -22,12 +22,12 @@ train_HR). Printed, as means over the split's pairs:
 - on the same tiles' degraded partners in FAMILY/pairs (LR images E never saw in unpaired
   training), E's picture and the LR against the clean target picture, and SR from E(x) against
   bicubic upscaling: what E restores, measured on some 15 tiles where the tuning split has 2 photos;
-  and a DS sample of the tile at tau 1 (what the cycles teach E from) and E's picture of it against
-  the same target: whether E's training inputs are as degraded as the real LR, and what E does to them;
+  and a DS sample of the tile at --cycle-tau (the run's `loss.cycle_tau`: what the cycles teach E
+  from) and E's picture of it against the same target: whether E's training inputs are as degraded
+  as the real LR, and what E does to them;
 - where each degradation lives: the RMS (8-bit levels) of the real LR's and of that DS sample's
   difference from the clean target in three bands, `low` (what a Gaussian low-pass of 3 LR pixels
-  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes), with
-  --cycle-tau the DS sample's temperature (the run's `loss.cycle_tau`).
+  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes).
 """
 from __future__ import annotations
 
@@ -99,13 +99,14 @@ def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
     out = {"train sr z_c^t": psnr_y(quantised(decode(m, m.f_lr(target)[0])), ref, SR_BORDER),
            "train bicubic target": psnr_y(quantised(upscale(target, 4)), ref, SR_BORDER)}
     if lr is not None:
-        to_target = lambda x: psnr(quantised(x), quantised(target))  # noqa: E731
+        q_target = quantised(target)
+        to_target = lambda x: psnr(quantised(x), q_target)  # noqa: E731
         c = m.content(lr)
         # The pseudo-pair the cycles teach E from (a DS sample at the run's cycle_tau):
         # as far from the target as the real LR is, E's training input is as degraded as its test input.
         ds = m.downscale(hr, cycle_tau, precision="fp32", generator=torch.Generator().manual_seed(0))
         ds = to_tensor(quantised(ds))[None]  # the 8-bit sample the cycles see
-        t = to_tensor(quantised(target))[None]
+        t = to_tensor(q_target)[None]
         out.update({"pairs E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "pairs LR ~ target": to_target(lr),
                     "pairs sr E(x)": psnr_y(quantised(decode(m, c)), ref, SR_BORDER),
                     "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER),
