@@ -27,7 +27,9 @@ train_HR). Printed, as means over the split's pairs:
   as the real LR, and what E does to them;
 - where each degradation lives: the RMS (8-bit levels) of the real LR's and of that DS sample's
   difference from the clean target in three bands, `low` (what a Gaussian low-pass of 3 LR pixels
-  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes).
+  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes);
+- and on the split's pairs, the same bands (4x as wide, in HR pixels) of the tau-0 SR's and of
+  bicubic upscaling's error against the HR: which band SR gains or loses in.
 """
 from __future__ import annotations
 
@@ -70,13 +72,19 @@ def probe_pair(m, hr, lr, sigma):
     to_target = lambda x: psnr(q(x), q(target))  # noqa: E731
     # At tau 0 the image sampler still draws the mixture component: seeded, as eval seeds it.
     ds = m.downscale(hr, 0.0, precision="fp32", generator=torch.Generator().manual_seed(0))
-    return {"sr E(x)": sr(decode(m, c)), "sr z_c^h": sr(decode(m, z_h)),
+    y = decode(m, c)
+    # Where SR wins or loses against bicubic: its error's bands (on the 8-bit images eval scores).
+    t_hr = to_tensor(ref_hr)[None]
+    bands = {f"{who}-HR {k}": v for who, out in (("sr", y), ("bicubic", upscale(lr, 4)))
+             for k, v in band_rms(to_tensor(q(out))[None] - t_hr, 4).items()}
+    return {"sr E(x)": sr(y), "sr z_c^h": sr(decode(m, z_h)),
             "sr z_c^h 8-bit": sr(decode(m, m.f_lr(rounded(pic_h))[0])), "sr z_c^t": sr(decode(m, z_t)),
             "sr f_LR(x)": sr(decode(m, m.f_lr(lr)[0])),
             "bicubic LR": sr(upscale(lr, 4)), "bicubic target": sr(upscale(target, 4)),
             "E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "z_c^h pic ~ target": to_target(pic_h),
             "LR ~ target": to_target(lr),
-            "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr)}
+            "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr),
+            **bands}
 
 
 # Each band is what a Gaussian low-pass of `finer` LR pixels keeps and one of `coarser` removes
@@ -84,9 +92,10 @@ def probe_pair(m, hr, lr, sigma):
 BANDS = (("low", None, 3.0), ("mid", 3.0, 1.0), ("high", 1.0, 0.0))
 
 
-def band_rms(d):
-    """RMS in 8-bit levels of a difference of [-1, 1] images in each of the `BANDS`."""
-    lp = lambda s: d if s == 0 else gaussian_blur(d, s)  # noqa: E731
+def band_rms(d, scale: int = 1):
+    """RMS in 8-bit levels of a difference of [-1, 1] images in each of the `BANDS`; `scale` 4
+    for HR images, whose bands are 4x as many pixels wide."""
+    lp = lambda s: d if s == 0 else gaussian_blur(d, s * scale)  # noqa: E731
     return {name: float((lp(finer) - (0 if coarser is None else lp(coarser))).pow(2).mean().sqrt()) * 127.5
             for name, coarser, finer in BANDS}
 

@@ -65,16 +65,21 @@ def batches(pairs, steps, batch, lr_patch, seed):
 
 
 def score(net, folder):
-    """Mean SR Y-PSNR of `net` and of bicubic upscaling over a folder's pairs, quantised and
-    scored by `sdflow eval`'s own functions."""
-    rows = []
+    """Mean SR Y-PSNR and colour shift of `net` and of bicubic upscaling over a folder's pairs,
+    quantised and scored by `sdflow eval`'s own functions: {"cnn": (psnr_y, colour), "bicubic":
+    (...)}, and the number of pairs. The colour shift tells what supervision can undo of a
+    family's colour changes (camera's white balance and exposure are drawn per photo)."""
+    rows = {"cnn": [], "bicubic": []}
+    keys = ("psnr_y", "colour_shift")
     with torch.no_grad():
         for hr_path, lr_path in paired_images(folder / "HR", folder / "LR"):
             hr, lr = load_pair(hr_path, lr_path)
             ref, src = quantised(hr), quantised(lr)
-            rows.append(tuple(sr_scores(quantised(y), ref, src, ("psnr_y",))["psnr_y"]
-                              for y in (net(lr), upscale(lr, 4))))
-    return np.mean([r[0] for r in rows]), np.mean([r[1] for r in rows]), len(rows)
+            for name, y in (("cnn", net(lr)), ("bicubic", upscale(lr, 4))):
+                s = sr_scores(quantised(y), ref, src, keys)
+                rows[name].append([s[k] for k in keys])
+    n = len(rows["cnn"])
+    return {k: tuple(np.mean(v, axis=0)) for k, v in rows.items()}, n
 
 
 def main(argv=None):
@@ -111,9 +116,11 @@ def main(argv=None):
     net.eval()
     train_s = time.perf_counter() - t0
     for split in args.split:
-        sr, bic, n = score(net, fam / split)
+        s, n = score(net, fam / split)
+        (sr, sr_col), (bic, bic_col) = s["cnn"], s["bicubic"]
         print(f"{args.family} {split} ({n} pairs): plain CNN SR Y-PSNR {sr:.2f}, bicubic {bic:.2f}, "
-              f"gain {sr - bic:+.2f} dB; {args.steps} steps in {train_s:.0f} s")
+              f"gain {sr - bic:+.2f} dB; colour shift {sr_col:.2f} (bicubic {bic_col:.2f}); "
+              f"{args.steps} steps in {train_s:.0f} s")
 
 
 if __name__ == "__main__":

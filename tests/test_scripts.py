@@ -87,7 +87,7 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
 
     from sdflow.metrics import psnr_y
     from sdflow.data.datasets import load_pair
-    from sdflow.evaluation.scoring import quantised
+    from sdflow.evaluation.scoring import colour_shift, quantised
     from sdflow.resize import upscale
 
     ys = script("supervised_yardstick", "benchmarks")
@@ -101,12 +101,15 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
                 Image.fromarray(a).save(tmp_path / "fam" / split / side / f"{i}.png")
     ys.main([str(tmp_path), "fam", "--steps", "0"])
     out = capsys.readouterr().out
-    want = np.mean([psnr_y(quantised(upscale(lr, 4)), quantised(hr), 4)
-                    for hr, lr in (load_pair(tmp_path / "fam/test/HR" / f"{i}.png", tmp_path / "fam/test/LR" / f"{i}.png")
-                                   for i in range(2))])
+    test = [load_pair(tmp_path / "fam/test/HR" / f"{i}.png", tmp_path / "fam/test/LR" / f"{i}.png")
+            for i in range(2)]
+    want = np.mean([psnr_y(quantised(upscale(lr, 4)), quantised(hr), 4) for hr, lr in test])
+    want_colour = np.mean([colour_shift(quantised(upscale(lr, 4)), quantised(hr)) for hr, lr in test])
     line = next(l for l in out.splitlines() if l.startswith("fam test"))
     cnn, bic = map(float, re.search(r"Y-PSNR ([\d.]+), bicubic ([\d.]+)", line).groups())
     assert cnn == bic and abs(bic - want) < 0.005 and "gain +0.00" in line  # the zero tail: bicubic
+    col, col_bic = map(float, re.search(r"colour shift ([\d.]+) \(bicubic ([\d.]+)\)", line).groups())
+    assert col == col_bic and abs(col_bic - want_colour) < 0.005 and want_colour > 0.05
     ys.main([str(tmp_path), "fam", "--steps", "3", "--split", "test"])
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("fam test (2 pairs)") and "3 steps" in line
@@ -159,6 +162,12 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     total = 255 * 10 ** (-fits["pairs LR ~ target"] / 20)  # RMS in 8-bit levels from the PSNR
     energy = sum(fits[f"pairs LR-target {b}"] ** 2 for b in ("low", "mid", "high"))
     assert 0.5 * total ** 2 < energy < 1.5 * total ** 2
+    # SR's error bands are of the model's own 8-bit SR: their energies add up to its error's.
+    y = quantised(m.super_resolve(t_lr, 0.0, precision="fp32")).astype(np.float64)
+    err = np.sqrt(np.mean((y - quantised(t_hr)) ** 2))
+    sr_energy = sum(got[f"sr-HR {b}"] ** 2 for b in ("low", "mid", "high"))
+    assert 0.7 * err ** 2 < sr_energy < 1.3 * err ** 2
+    assert min(got[f"bicubic-HR {b}"] for b in ("low", "mid", "high")) > 0
     _, hot, _ = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1, cycle_tau=2.0)
     assert "pairs DS(t2) ~ target" in hot and hot["pairs LR-target mid"] == fits["pairs LR-target mid"]
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])

@@ -173,6 +173,7 @@ def test_paper_and_tiny_configs(tmp_path):
     assert (unpaired.loss.sr_content, unpaired.loss.content_target_sigma, unpaired.loss.ds_hf_match) == ("target", 0.0, 3.0)
     # Tempered cycles, with f_LR fixed (docs/training.md, "Tempered cycles").
     assert unpaired.loss.cycle_tau == 2.0 and unpaired.optim.freeze == ["f_lr"]
+    assert unpaired.loss.gan == 1.0 and paper.loss.gan == 0.1  # "A stronger critic"
     # A saved config reads back identically.
     paper.save(tmp_path / "c.yaml")
     assert TrainConfig.load(tmp_path / "c.yaml") == paper
