@@ -27,7 +27,8 @@ train_HR). Printed, as means over the split's pairs:
   as the real LR, and what E does to them;
 - where each degradation lives: the RMS (8-bit levels) of the real LR's and of that DS sample's
   difference from the clean target in three bands, `low` (what a Gaussian low-pass of 3 LR pixels
-  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes);
+  leaves), `mid` (between 1 and 3 LR pixels) and `high` (what a 1-pixel low-pass removes), and
+  the sign of each in the mid band (`mid gain`: < 0 a blur, > 0 a sharpening);
 - and on the split's pairs, the same bands (4x as wide, in HR pixels) of the tau-0 SR's and of
   bicubic upscaling's error against the HR: which band SR gains or loses in.
 """
@@ -92,12 +93,24 @@ def probe_pair(m, hr, lr, sigma):
 BANDS = (("low", None, 3.0), ("mid", 3.0, 1.0), ("high", 1.0, 0.0))
 
 
+def band(x, name: str, scale: int = 1):
+    """The `BANDS` entry `name` of x; `scale` 4 for HR images, whose bands are 4x as wide."""
+    _, coarser, finer = next(b for b in BANDS if b[0] == name)
+    lp = lambda s: x if s == 0 else gaussian_blur(x, s * scale)  # noqa: E731
+    return lp(finer) - (0 if coarser is None else lp(coarser))
+
+
 def band_rms(d, scale: int = 1):
-    """RMS in 8-bit levels of a difference of [-1, 1] images in each of the `BANDS`; `scale` 4
-    for HR images, whose bands are 4x as many pixels wide."""
-    lp = lambda s: d if s == 0 else gaussian_blur(d, s * scale)  # noqa: E731
-    return {name: float((lp(finer) - (0 if coarser is None else lp(coarser))).pow(2).mean().sqrt()) * 127.5
-            for name, coarser, finer in BANDS}
+    """RMS in 8-bit levels of a difference of [-1, 1] images in each of the `BANDS`."""
+    return {name: float(band(d, name, scale).pow(2).mean().sqrt()) * 127.5 for name, _, _ in BANDS}
+
+
+def band_gain(d, clean, name: str = "mid"):
+    """How a degradation `d` acts on the clean picture's band `name`: the least-squares slope of d's
+    band on the clean one's (-1 removes the band, 0 leaves it, > 0 amplifies it). Blur and
+    sharpening of equal energy have equal `band_rms`; their gains have opposite signs."""
+    dd, cc = band(d, name), band(clean, name)
+    return float((dd * cc).sum() / (cc * cc).sum().clamp_min(1e-12))
 
 
 def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
@@ -123,6 +136,7 @@ def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
                     "pairs E(DS) pic ~ target": to_target(m.f_lr.inverse(m.content(ds))[0])})
         out.update({f"pairs LR-target {k}": v for k, v in band_rms(lr - t).items()})
         out.update({f"pairs DS-target {k}": v for k, v in band_rms(ds - t).items()})
+        out.update({"pairs LR mid gain": band_gain(lr - t, t), "pairs DS mid gain": band_gain(ds - t, t)})
     return out
 
 

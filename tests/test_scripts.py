@@ -115,6 +115,21 @@ def test_supervised_yardstick_starts_as_bicubic_and_scores_as_eval_does(tmp_path
     assert line.startswith("fam test (2 pairs)") and "3 steps" in line
 
 
+def test_content_probe_band_gain_tells_blur_from_sharpening():
+    """Blur and an unsharp mask change the mid band by similar energy and opposite sign."""
+    import torch
+
+    from sdflow.resize import gaussian_blur
+
+    probe = script("content_probe", "benchmarks")
+    clean = gaussian_blur(torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 2 - 1, 0.8)
+    blurred = gaussian_blur(clean, 1.5)
+    sharpened = clean + 1.0 * (clean - gaussian_blur(clean, 1.5))
+    assert probe.band_gain(clean - clean, clean) == 0.0
+    assert probe.band_gain(blurred - clean, clean) < -0.2 and probe.band_gain(sharpened - clean, clean) > 0.2
+    assert abs(probe.band_gain(-0.5 * clean, clean) + 0.5) < 1e-5  # a linear change: its own slope
+
+
 def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, capsys):
     """The probe's "sr E(x)" is the model's own tau-0 SR and its "ds" the model's tau-0 DS, scored
     as eval scores them; the oracle and target rows are of the same pair."""
@@ -168,6 +183,8 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     sr_energy = sum(got[f"sr-HR {b}"] ** 2 for b in ("low", "mid", "high"))
     assert 0.7 * err ** 2 < sr_energy < 1.3 * err ** 2
     assert min(got[f"bicubic-HR {b}"] for b in ("low", "mid", "high")) > 0
+    # The unblurred LR has more of the mid band than the target picture blurred by --sigma 0.7.
+    assert fits["pairs LR mid gain"] > 0.05 and "pairs DS mid gain" in fits
     _, hot, _ = probe.probe(tiny_model_path, tmp_path / "fam", train_every=1, cycle_tau=2.0)
     assert "pairs DS(t2) ~ target" in hot and hot["pairs LR-target mid"] == fits["pairs LR-target mid"]
     probe.main([str(tiny_model_path), str(tmp_path / "fam"), "--train-every", "0"])
