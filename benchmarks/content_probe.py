@@ -73,15 +73,15 @@ def probe_pair(m, hr, lr, sigma):
     to_target = lambda x: psnr(q(x), q(target))  # noqa: E731
     # At tau 0 the image sampler still draws the mixture component: seeded, as eval seeds it.
     ds = m.downscale(hr, 0.0, precision="fp32", generator=torch.Generator().manual_seed(0))
-    y = decode(m, c)
+    y, bic = decode(m, c), upscale(lr, 4)
     # Where SR wins or loses against bicubic: its error's bands (on the 8-bit images eval scores).
     t_hr = to_tensor(ref_hr)[None]
-    bands = {f"{who}-HR {k}": v for who, out in (("sr", y), ("bicubic", upscale(lr, 4)))
+    bands = {f"{who}-HR {k}": v for who, out in (("sr", y), ("bicubic", bic))
              for k, v in band_rms(to_tensor(q(out))[None] - t_hr, 4).items()}
     return {"sr E(x)": sr(y), "sr z_c^h": sr(decode(m, z_h)),
             "sr z_c^h 8-bit": sr(decode(m, m.f_lr(rounded(pic_h))[0])), "sr z_c^t": sr(decode(m, z_t)),
             "sr f_LR(x)": sr(decode(m, m.f_lr(lr)[0])),
-            "bicubic LR": sr(upscale(lr, 4)), "bicubic target": sr(upscale(target, 4)),
+            "bicubic LR": sr(bic), "bicubic target": sr(upscale(target, 4)),
             "E pic ~ target": to_target(m.f_lr.inverse(c)[0]), "z_c^h pic ~ target": to_target(pic_h),
             "LR ~ target": to_target(lr),
             "ds": psnr(q(ds), ref_lr), "ds z_c^h pic": psnr(q(pic_h), ref_lr), "ds target": psnr(q(target), ref_lr),
@@ -134,9 +134,9 @@ def fit_tile(m, hr, sigma, lr=None, cycle_tau=1.0):
                     "pairs bicubic LR": psnr_y(quantised(upscale(lr, 4)), ref, SR_BORDER),
                     f"pairs DS(t{cycle_tau:g}) ~ target": to_target(ds),
                     "pairs E(DS) pic ~ target": to_target(m.f_lr.inverse(m.content(ds))[0])})
-        out.update({f"pairs LR-target {k}": v for k, v in band_rms(lr - t).items()})
-        out.update({f"pairs DS-target {k}": v for k, v in band_rms(ds - t).items()})
-        out.update({"pairs LR mid gain": band_gain(lr - t, t), "pairs DS mid gain": band_gain(ds - t, t)})
+        for who, d in (("LR", lr - t), ("DS", ds - t)):
+            out.update({f"pairs {who}-target {k}": v for k, v in band_rms(d).items()})
+            out[f"pairs {who} mid gain"] = band_gain(d, t)
     return out
 
 
