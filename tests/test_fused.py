@@ -426,3 +426,37 @@ def test_a_residual_extractor_starts_as_the_lr_pictures_content_in_both_forms():
     assert rel_err(direct.super_resolve(lr, hf_latent=z), ref) > 1e-3
     with pytest.raises(ValueError, match="extractor"):
         ModelConfig(extractor="bicubic")
+
+
+def test_a_learnt_ds_blur_downscales_at_its_current_width_in_both_forms(tmp_path):
+    """model.ds_blur=learnt: DS's content picture is blurred by the parameter's width, the sampling
+    form follows the parameter when it changes, and the width survives saving and loading."""
+    import math
+    from dataclasses import replace
+    from sdflow.checkpoints import save_model
+    from sdflow.nets.blur import RADIUS, RATE
+    from sdflow.resize import downscale, gaussian_blur
+    import sdflow
+    model = perturbed(ds_content="picture", ds_content_sigma=0.7, hr_squeeze="lifting", ds_blur="learnt").eval()
+    hr = torch.rand(1, 3, 32, 48) * 2 - 1
+    d = model.sample_deg_latent(hr, 0.0)
+
+    def expected(sigma):
+        with torch.no_grad():
+            z_c = model.f_lr(gaussian_blur(downscale(hr, 4), sigma, kernel_size=2 * RADIUS + 1))[0]
+            return model.f_lr.inverse(z_c + model.f_deg.inverse(d, z_c)[0])[0]
+
+    first = model.downscale(hr, deg_latent=d)
+    assert rel_err(first, expected(float(model.ds_blur.sigma.detach()))) < 1e-4
+    with torch.no_grad():
+        model.ds_blur.raw.fill_(math.log(1.3) / RATE)
+    assert float(model.ds_blur.sigma.detach()) == pytest.approx(1.3)
+    second = model.downscale(hr, deg_latent=d)  # the sampling form is rebuilt, not reused
+    assert rel_err(second, expected(1.3)) < 1e-4 and rel_err(second, first) > 1e-3
+    loaded = sdflow.load(save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.config.ds_blur == "learnt" and float(loaded.ds_blur.sigma.detach()) == pytest.approx(1.3)
+    assert rel_err(loaded.downscale(hr, deg_latent=d), second) < 1e-6
+    with pytest.raises(ValueError, match="ds_blur=learnt needs ds_content=picture"):
+        replace(model.config, ds_content="flow")
+    with pytest.raises(ValueError, match="ds_blur must be one of"):
+        replace(model.config, ds_blur="sometimes")

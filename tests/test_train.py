@@ -1109,3 +1109,90 @@ def test_init_starts_a_run_from_a_models_weights(data, tmp_path, capsys):
     args = build_parser("train").parse_args(["train", "--config", str(REPO / "configs" / "tiny.yaml"),
                                              "--out", str(tmp_path / "e"), "--init", "default"])
     assert build_config(args).train.init == "default"
+
+
+LEARNT_BLUR = {"ds_content": "picture", "ds_content_sigma": 0.7, "hr_squeeze": "lifting", "ds_blur": "learnt"}
+
+
+def test_a_learnt_ds_blur_moves_with_the_ds_statistics_and_critics_only():
+    """The blur is DS's: stage 2's critics and DS statistics move it, with f_LR's parameters
+    untouched by that path; stage 1 and the cycles (pseudo-pairs, not the degradation's judges) do
+    not move it, and the pixel term measures DS against its own content picture."""
+    import sdflow.train.objective as O
+    raw = lambda m: m.ds_blur.raw.grad  # noqa: E731
+    obj, model, _, hr, lr = _objective(**LEARNT_BLUR)
+    total, terms, _ = obj(hr, lr)
+    total.backward()
+    assert raw(model) is None and "ds_blur_sigma" not in terms  # constant until stage 2
+    for term in ("gan", "ds_hf_match"):
+        obj, model, _, hr, lr = _objective(_only(term), **LEARNT_BLUR)
+        obj(hr, lr, stage2=True)[0].backward()
+        assert raw(model) is not None and float(raw(model).abs()) > 0, term
+    for term in ("content_cycle", "sr_cycle", "sr_cycle_nll", "lr_mode", "nll_lr"):
+        obj, model, _, hr, lr = _objective(_only(term), **LEARNT_BLUR)
+        obj(hr, lr, stage2=True)[0].backward()
+        assert raw(model) is None or float(raw(model).abs()) == 0, term
+    # The pixel term's DS half: against the blurred content picture, not the unblurred bicubic one.
+    obj, model, _, hr, lr = _objective(_only("pixel"), **LEARNT_BLUR)
+    seen = []
+    orig = O.low_pass_l1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(O, "low_pass_l1", lambda a, b, s: seen.append(b) or orig(a, b, s))
+        obj(hr, lr, stage2=True)
+    with torch.no_grad():
+        assert torch.allclose(seen[-1], model.content_picture(hr), atol=1e-6)
+        assert not torch.allclose(seen[-1], downscale(hr, 4), atol=1e-3)
+
+
+def test_a_short_run_learns_the_ds_blur_and_resumes_it(data, tmp_path):
+    over = {f"model.{k}": v for k, v in LEARNT_BLUR.items()}
+    cfg = make_cfg(data, **over, **{"train.steps": 5, "train.stage1_steps": 2, "checkpoint.every": 3})
+    run = tmp_path / "run"
+    s = train(cfg, run)
+    # Logged before each step's update: it has moved by the last step (the first of stage 2 moves it).
+    assert s["last_terms"]["ds_blur_sigma"] != pytest.approx(0.7, abs=1e-6)
+    sigma = lambda path: float(sdflow.load(path).ds_blur.sigma.detach())  # noqa: E731
+    assert sigma(run / "model.safetensors") != pytest.approx(s["last_terms"]["ds_blur_sigma"], abs=1e-7)
+    # Resumed from step 3, it ends where the uninterrupted run did.
+    again = tmp_path / "again"
+    train(make_cfg(data, **over, **{"train.steps": 3, "train.stage1_steps": 2, "checkpoint.every": 3}), again)
+    train(cfg, again, resume=True)
+    assert sigma(again / "model.safetensors") == sigma(run / "model.safetensors")
+    with pytest.raises(ValueError, match="ds_blur exists only"):
+        make_cfg(data, **{"optim.freeze": "[ds_blur]"})
+
+
+def test_cycle_blur_draws_each_pseudo_pairs_blur_from_the_range(monkeypatch):
+    """loss.cycle_blur: the cycles' DS samples start from f_LR of content pictures blurred by a
+    width per image drawn from the range, while the critics' samples keep the model's one blur."""
+    import sdflow.train.objective as O
+    model_over = {"ds_content": "picture", "ds_content_sigma": 0.7, "hr_squeeze": "lifting"}
+    over = ["loss.cycle_tau=2.0", "loss.sr_cycle=1.0", "loss.content_cycle=1.0", "model.ds_content=picture"]
+    seen = []
+    orig = O.ds_from_content
+    monkeypatch.setattr(O, "ds_from_content", lambda m, z, tau, s: seen.append((z, tau)) or orig(m, z, tau, s))
+    for lo, hi in ((1.2, 1.2), (0.4, 0.4)):
+        obj, model, _, hr, lr = _objective(over + [f"loss.cycle_blur=[{lo},{hi}]"], **model_over)
+        seen.clear()
+        obj(hr, lr, stage2=True)
+        (z_ds, tau_ds), (z_cyc, tau_cyc) = seen[0], seen[-1]
+        assert (tau_ds, tau_cyc) == (0.8, 2.0)
+        with torch.no_grad():
+            pictures = downscale(hr, 4)
+            assert torch.allclose(z_ds, model.f_lr(gaussian_blur(pictures, 0.7))[0], atol=1e-5)
+            expect = model.f_lr(gaussian_blur(pictures, lo))[0]
+        assert torch.allclose(z_cyc, expect, atol=1e-5)
+    # The draws: one width per image, uniform in the range, from training's RNG (resumes exactly).
+    pictures = torch.rand(4, 3, 12, 12) * 2 - 1
+    torch.manual_seed(3)
+    out = GeneratorObjective.blur_range(pictures, (0.3, 1.1))
+    torch.manual_seed(3)
+    widths = 0.3 + 0.8 * torch.rand(4)
+    assert len(set(widths.tolist())) == 4
+    for p, w, o in zip(pictures, widths, out):
+        assert torch.equal(o[None], gaussian_blur(p[None], float(w)))
+    for bad in ("[1.0]", "[1.0,0.5]", "[-0.1,0.5]"):
+        with pytest.raises(ValueError, match="cycle_blur"):
+            TrainConfig.from_dict(apply_overrides({"model": model_over}, [f"loss.cycle_blur={bad}"]))
+    with pytest.raises(ValueError, match="cycle_blur needs"):
+        TrainConfig.from_dict(apply_overrides({}, ["loss.cycle_blur=[0.3,1.1]"]))

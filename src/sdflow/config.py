@@ -51,6 +51,9 @@ class ModelConfig:
     # several 8-bit levels (docs/training.md, "The content code"), and DS shows it.
     ds_content: str = "flow"
     ds_content_sigma: float = 0.7
+    # [ours] That blur "fixed" at ds_content_sigma, or "learnt" from it by DS's statistics and critics
+    # (nets/blur.py; docs/training.md, "A learnt blur").
+    ds_blur: str = "fixed"
     # [ours] f_HR's squeezes: "shuffle", the authors' pixel stacking, or "lifting", a wavelet whose
     # low band is the picture and whose zero detail decodes to a smooth upscale, so that z_c starts
     # as the HR's x4 picture and SR as an interpolator; with it f_LR starts as the identity (up to
@@ -66,6 +69,7 @@ class ModelConfig:
     DS_CONTENTS = ("flow", "picture")
     HR_SQUEEZES = ("shuffle", "lifting")
     EXTRACTORS = ("direct", "residual")
+    DS_BLURS = ("fixed", "learnt")
 
     def __post_init__(self):
         if self.extractor not in self.EXTRACTORS:
@@ -76,6 +80,11 @@ class ModelConfig:
             raise ValueError(f"ds_content must be one of {', '.join(self.DS_CONTENTS)}, got {self.ds_content!r}")
         if not self.ds_content_sigma >= 0:
             raise ValueError(f"ds_content_sigma must be >= 0, got {self.ds_content_sigma}")
+        if self.ds_blur not in self.DS_BLURS:
+            raise ValueError(f"ds_blur must be one of {', '.join(self.DS_BLURS)}, got {self.ds_blur!r}")
+        if self.ds_blur == "learnt" and not (self.ds_content == "picture" and self.ds_content_sigma > 0):
+            raise ValueError("ds_blur=learnt needs ds_content=picture and a positive ds_content_sigma "
+                             "to start from")
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":

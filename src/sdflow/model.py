@@ -28,6 +28,7 @@ from sdflow.config import SCALE, ModelConfig
 from sdflow.flows.flows import ConditionalFlow, HRFlow, LRFlow
 from sdflow.flows.layers import FusedFlow
 from sdflow.flows.mixture import GaussianMixturePrior
+from sdflow.nets.blur import ContentBlur
 from sdflow.nets.content import ContentExtractor
 from sdflow.nets.precision import DTYPES, ieee_float32, reduced_precision, resolve_precision
 from sdflow.resize import downscale as bicubic_downscale, gaussian_blur
@@ -73,6 +74,7 @@ class SDFlow(nn.Module):
                                      cond_channels=config.cond_channels, growth=config.rrdb_growth,
                                      hidden=hidden)
         self.deg_prior = GaussianMixturePrior(config.mixture_components)
+        self.ds_blur = ContentBlur(config.ds_content_sigma) if config.ds_blur == "learnt" else None
         # precision -> (the tensors it was made from, their (pointer, version), the _Fused form)
         self._sampling_forms = {}
 
@@ -205,8 +207,14 @@ class SDFlow(nn.Module):
 
     def content_picture(self, hr: torch.Tensor) -> torch.Tensor:
         """The LR picture of an HR image's content: its x4 antialiased bicubic downscale blurred by
-        `config.ds_content_sigma` LR pixels."""
-        return gaussian_blur(bicubic_downscale(hr, SCALE), self.config.ds_content_sigma)
+        `config.ds_content_sigma` LR pixels (or the learnt `ds_blur`)."""
+        return self.blur_picture(bicubic_downscale(hr, SCALE))
+
+    def blur_picture(self, x: torch.Tensor) -> torch.Tensor:
+        """An LR picture blurred as DS blurs its content picture."""
+        if self.ds_blur is not None:
+            return self.ds_blur(x)
+        return gaussian_blur(x, self.config.ds_content_sigma)
 
     @torch.no_grad()
     def downscale(self, hr: torch.Tensor, tau: float = 0.8,

@@ -97,6 +97,11 @@ class LossConfig:
     sr_cycle_nll: float = 0.0
     # Temperature of the DS samples the cycles learn from; None: the critics' (stage2_tau).
     cycle_tau: Optional[float] = None
+    # [ours] [lo, hi] LR pixels: the cycles' DS samples start from content pictures blurred by a
+    # width drawn per image, uniform in the range, instead of the model's one DS blur, so that E
+    # learns to restore a range of blurs and to tell them apart, not to undo one whatever the LR's
+    # (docs/training.md, "Cycles over a range of blurs"). Needs model.ds_content picture. Empty: off.
+    cycle_blur: List[float] = field(default_factory=list)
     # Where content_cycle and paired_content compare E's content with the known one: latent (f_LR's
     # latent space, whose scale drifts in training) or picture (the contents decoded by f_LR^-1).
     cycle_space: str = "latent"
@@ -373,6 +378,12 @@ class TrainConfig:
         if self.loss.deg_content == "picture" and self.model_config().ds_content != "picture":
             raise ValueError("loss.deg_content=picture needs model.ds_content=picture (the blur it applies is "
                              "model.ds_content_sigma, the DS content's)")
+        if self.loss.cycle_blur:
+            widths = self.loss.cycle_blur
+            if len(widths) != 2 or not 0 <= widths[0] <= widths[1]:
+                raise ValueError(f"loss.cycle_blur must be two widths 0 <= lo <= hi, got {widths}")
+            if self.model_config().ds_content != "picture" or not self.loss.cycle_detach_ds:
+                raise ValueError("loss.cycle_blur needs model.ds_content=picture and loss.cycle_detach_ds")
         if self.loss.cycle_space not in ("latent", "picture"):
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):
@@ -397,10 +408,12 @@ class TrainConfig:
                      "content_hf_match", "paired_content", "paired_sr", "paired_ds", "sr_cycle_nll", "colour",
                      "content_prior_sigma"):
             _at_least(f"loss.{name}", getattr(self.loss, name), 0)
-        valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior"}
+        valid = {"content_extractor", "f_hr", "f_hf", "f_lr", "f_deg", "deg_prior", "ds_blur"}
         bad = set(self.optim.freeze) - valid
         if bad:
             raise ValueError(f"optim.freeze: unknown modules {sorted(bad)}; valid: {sorted(valid)}")
+        if "ds_blur" in self.optim.freeze and self.model_config().ds_blur != "learnt":
+            raise ValueError("optim.freeze: ds_blur exists only with model.ds_blur=learnt")
         self.model_config()
 
 

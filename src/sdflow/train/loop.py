@@ -264,7 +264,8 @@ class Trainer:
         not, DDP must search the graph for the unused ones (find_unused_parameters)."""
         c = self.cfg.loss
         e_used = c.content > 0 or c.domain > 0 or (c.nll_lr > 0 and not c.nll_lr_detach_content)
-        return c.nll_hr > 0 and c.nll_lr > 0 and e_used
+        # A learnt DS blur moves only in stage 2 (and with pairs).
+        return c.nll_hr > 0 and c.nll_lr > 0 and e_used and self.model.ds_blur is None
 
     # ----- state ---------------------------------------------------------------------------
 

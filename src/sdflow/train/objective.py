@@ -243,6 +243,13 @@ class GeneratorObjective(nn.Module):
         pic, logdet = call_frozen(self.model.f_lr, z_c, inverse=True)
         return gaussian_log_density(pic - target_pic.detach(), self.cfg.content_prior_sigma) + logdet
 
+    @staticmethod
+    def blur_range(pictures: torch.Tensor, widths) -> torch.Tensor:
+        """Each picture blurred by its own width, uniform in [lo, hi] LR pixels (training's RNG)."""
+        lo, hi = widths
+        drawn = lo + (hi - lo) * torch.rand(pictures.shape[0])
+        return torch.cat([gaussian_blur(p[None], float(s)) for p, s in zip(pictures, drawn)])
+
     def critic_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """What critic `name` judges of x: x itself, or with `critic_highpass` > 0 only what a
         Gaussian low-pass of that many LR pixels leaves (4x as many on the HR critic's HR
@@ -280,7 +287,13 @@ class GeneratorObjective(nn.Module):
                 z_c_pic = m.f_lr(target_pic)[0]
         z_c_sr = z_c_pic if cfg.sr_content == "target" else z_c_h
         z_c_ds = z_c_h
-        if m.config.ds_content == "picture":
+        ds_pic = None
+        if m.ds_blur is not None and (stage2 or self.paired):
+            # DS's statistics and critics move the learnt blur, not f_LR.
+            ds_pic = m.content_picture(hr)
+            z_c_ds = call_frozen(m.f_lr, ds_pic)[0]
+            terms["ds_blur_sigma"] = m.ds_blur.sigma.detach()
+        elif m.config.ds_content == "picture":
             with torch.no_grad():
                 z_c_ds = m.hr_content(hr)
 
@@ -297,7 +310,7 @@ class GeneratorObjective(nn.Module):
         c_deg = c
         if cfg.deg_content == "picture" and not self.paired:
             with torch.no_grad():
-                pic = gaussian_blur(m.f_lr.inverse(c)[0], m.config.ds_content_sigma)
+                pic = m.blur_picture(m.f_lr.inverse(c)[0])
                 c_deg = m.f_lr(pic)[0]
         if w["nll_lr"] > 0:
             # With pairs, f_Deg learns the real LR's degradation given the HR's own content.
@@ -371,7 +384,10 @@ class GeneratorObjective(nn.Module):
                 critic_inputs["lr"] = (self.critic_view("lr", lr), v_ds.detach())
             y_sr_small = downscale(y_sr, 4, cfg.content_kernel)
             if w["pixel"] > 0:
-                terms["pixel"] = low_pass_l1(y_sr_small, lr, sigma) + low_pass_l1(x_ds, hr_small, sigma)
+                # DS against its own content picture where the blur is learnt: against the unblurred
+                # one, this term alone would decide the blur (none), not the real LR's statistics.
+                ds_target = hr_small if ds_pic is None else ds_pic.detach()
+                terms["pixel"] = low_pass_l1(y_sr_small, lr, sigma) + low_pass_l1(x_ds, ds_target, sigma)
             if w["colour"] > 0 and "colour" in terms:
                 terms["colour"] = terms["colour"] + mean_colour_l1(y_sr, lr) + mean_colour_l1(x_ds, hr)
             if w["perceptual"] > 0:
@@ -385,9 +401,11 @@ class GeneratorObjective(nn.Module):
             # real pairs. `cycle_tau` draws them from the learnt degradation at their own
             # temperature (1: the density itself) instead of reusing the critics' samples.
             x_cyc = x_ds_j
-            if cfg.cycle_tau is not None and cfg.cycle_tau != tau and cfg.cycle_detach_ds:
+            cyc_tau = tau if cfg.cycle_tau is None else cfg.cycle_tau
+            if (cyc_tau != tau or cfg.cycle_blur) and cfg.cycle_detach_ds:
                 with torch.no_grad():
-                    x_cyc = ds_from_content(m, z_c_ds, cfg.cycle_tau, cfg.ds_sampler)
+                    z_cyc = z_c_ds if not cfg.cycle_blur else m.f_lr(self.blur_range(hr_small, cfg.cycle_blur))[0]
+                    x_cyc = ds_from_content(m, z_cyc, cyc_tau, cfg.ds_sampler)
                     x_cyc = quantize_st(x_cyc) if cfg.quantize_fakes else x_cyc
             c_ds = None
             if w["content_cycle"] > 0:
