@@ -191,3 +191,36 @@ def test_content_probe_decodes_as_the_model_samples(tmp_path, tiny_model_path, c
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and f"sr E(x) {got['sr E(x)']:.2f}" in out[1]
     assert torch.is_grad_enabled()  # the tests that follow differentiate
+
+
+def test_term_gradients_split_the_total_gradient_by_term(tmp_path, capsys):
+    """term_gradients.py: per-term gradients of a run's checkpoint add up to the gradient of the whole
+    objective on the same batch and draws; a term that does not reach the parameter reports zero."""
+    import torch
+
+    from sdflow.train.loop import train
+    from test_train import make_cfg, make_data
+
+    tg = script("term_gradients", "benchmarks")
+    data = make_data(tmp_path / "data")
+    over = {"model.ds_content": "picture", "model.hr_squeeze": "lifting", "model.ds_blur": "learnt",
+            "loss.ds_hf_match": 1.0, "train.steps": 3, "train.stage1_steps": 2, "checkpoint.every": 3}
+    train(make_cfg(data, **over), tmp_path / "run")
+    cfg, model, obj, stage2 = tg.load(tmp_path / "run", 3)
+    assert stage2 and float(model.ds_blur.sigma.detach()) != 0.7  # stage 2 moved it once
+    terms = [t for t, w in obj.weights(True).items() if w > 0]
+    assert {"gan", "ds_hf_match", "content_cycle"} <= set(terms)
+    per_term = tg.term_gradients(tmp_path / "run", 3, "ds_blur.raw", terms, batches=1)
+    assert per_term["content_cycle"] == [0.0] and per_term["gan"][0] != 0.0 and per_term["ds_hf_match"][0] != 0.0
+    # The whole objective on the same batch and draws.
+    from sdflow.data.datasets import UnpairedPatches, make_loader
+    d = cfg.data
+    batch = next(iter(make_loader(UnpairedPatches(d.hr_dir, d.lr_dir, d.hr_patch, d.lr_patch, d.hflip, d.rot90),
+                                  d.batch_size, 123)))
+    torch.manual_seed(123)
+    obj(batch["hr"], batch["lr"], stage2=True)[0].backward()
+    whole = float(model.ds_blur.raw.grad)
+    assert abs(sum(g[0] for g in per_term.values()) - whole) < 1e-5 * max(1.0, abs(whole))
+    tg.main([str(tmp_path / "run"), "3", "deg_prior.log_stds", "--terms", "nll_lr", "gan", "--batches", "1"])
+    out = capsys.readouterr().out
+    assert "nll_lr" in out and "|mean|" in out
