@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sdflow.config import ModelConfig  # noqa: E402
-from sdflow.data.datasets import PairedPatches, UnpairedPatches, make_loader  # noqa: E402
+from sdflow.data.datasets import make_loader  # noqa: E402
 from sdflow.model import SDFlow  # noqa: E402
-from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator  # noqa: E402
 from sdflow.train import checkpoint as ckpt_io  # noqa: E402
 from sdflow.train.config import TrainConfig  # noqa: E402
+from sdflow.train.loop import make_critic, training_patches  # noqa: E402
 from sdflow.train.objective import GeneratorObjective  # noqa: E402
 
 
@@ -38,13 +38,9 @@ def load(run: Path, step: int):
     model = SDFlow(ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["model"])
     model.train()
-    dc = cfg.disc
-    shapes = {"content": lambda: ContentDiscriminator(3, dc.latent_channels, dc.latent_layers),
-              "hr": lambda: PatchDiscriminator(3, dc.image_channels, dc.hr_layers),
-              "lr": lambda: PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)}
     critics = {}
     for name, state in ck.get("critics", {}).items():
-        critics[name] = shapes[name]()
+        critics[name] = make_critic(name, cfg.disc)
         critics[name].load_state_dict(state)
     obj = GeneratorObjective(model, cfg.loss, critics, None, cfg.data.dequantize, paired=cfg.data.paired)
     return cfg, model, obj, step >= cfg.train.stage1_steps
@@ -56,10 +52,7 @@ def term_gradients(run, step: int, param: str, terms, batches: int = 16, seed: i
     p = dict(model.named_parameters()).get(param)
     if p is None:
         raise SystemExit(f"term_gradients: the model has no parameter {param!r}")
-    patches = PairedPatches if cfg.data.paired else UnpairedPatches
-    data = patches(cfg.data.hr_dir, cfg.data.lr_dir, cfg.data.hr_patch, cfg.data.lr_patch,
-                   cfg.data.hflip, cfg.data.rot90)
-    it = iter(make_loader(data, cfg.data.batch_size, seed))
+    it = iter(make_loader(training_patches(cfg), cfg.data.batch_size, seed))
     weights = obj.weights
     out = {t: [] for t in terms}
     for b in range(batches):

@@ -213,10 +213,9 @@ def test_term_gradients_split_the_total_gradient_by_term(tmp_path, capsys):
     per_term = tg.term_gradients(tmp_path / "run", 3, "ds_blur.raw", terms, batches=1)
     assert per_term["content_cycle"] == [0.0] and per_term["gan"][0] != 0.0 and per_term["ds_hf_match"][0] != 0.0
     # The whole objective on the same batch and draws.
-    from sdflow.data.datasets import UnpairedPatches, make_loader
-    d = cfg.data
-    batch = next(iter(make_loader(UnpairedPatches(d.hr_dir, d.lr_dir, d.hr_patch, d.lr_patch, d.hflip, d.rot90),
-                                  d.batch_size, 123)))
+    from sdflow.data.datasets import make_loader
+    from sdflow.train.loop import training_patches
+    batch = next(iter(make_loader(training_patches(cfg), cfg.data.batch_size, 123)))
     torch.manual_seed(123)
     obj(batch["hr"], batch["lr"], stage2=True)[0].backward()
     whole = float(model.ds_blur.raw.grad)

@@ -136,13 +136,19 @@ def gaussian_blur(x: torch.Tensor, sigma: float, kernel_size: Optional[int] = No
     if sigma <= 0:
         return x
     k = gaussian_kernel1d(sigma, kernel_size, dtype=x.dtype, device=x.device)
-    r = (k.numel() - 1) // 2
-    if r == 0:
+    if k.numel() == 1:
         return x
+    return separable_blur(x, k)
+
+
+def separable_blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[N,C,H,W] convolved with the odd 1-D kernel `k` along both axes, same size out: reflect
+    padding, replicate where the image is no wider than the kernel's radius (`gaussian_blur`'s
+    borders). Differentiable in `k` too."""
+    r = (k.numel() - 1) // 2
     C = x.shape[1]
     H, W = x.shape[-2:]
     mode = "reflect" if r < H and r < W else "replicate"
     y = F.pad(x, (r, r, r, r), mode=mode)
     y = F.conv2d(y, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    y = F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-    return y
+    return F.conv2d(y, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)

@@ -15,7 +15,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from sdflow.resize import separable_blur
 
 # Kernel radius in LR pixels: 3 sigma of the widest blur worth learning (1.67 px, a mid band lost
 # by 40 %); a wider sigma is truncated, still normalised.
@@ -26,8 +27,8 @@ RATE = 4.0
 
 
 class ContentBlur(nn.Module):
-    """x -> x blurred by a separable Gaussian of learnt width `sigma` (LR pixels), reflect padding;
-    differentiable in x and in sigma."""
+    """x -> x blurred by a separable Gaussian of learnt width `sigma` (LR pixels), padded as
+    `gaussian_blur` pads; differentiable in x and in sigma."""
 
     def __init__(self, sigma: float):
         super().__init__()
@@ -45,8 +46,4 @@ class ContentBlur(nn.Module):
         return k / k.sum()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, c = self.kernel(x.dtype), x.shape[1]
-        mode = "reflect" if RADIUS < min(x.shape[-2:]) else "replicate"
-        y = F.pad(x, (RADIUS,) * 4, mode=mode)
-        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return separable_blur(x, self.kernel(x.dtype))

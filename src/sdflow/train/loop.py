@@ -132,6 +132,24 @@ def _grad_scaler(enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
+def make_critic(name: str, dc) -> nn.Module:
+    """Critic `name` (content, hr or lr) as the config's `disc` section shapes it."""
+    if name == "content":
+        return ContentDiscriminator(3, dc.latent_channels, dc.latent_layers)
+    if name == "hr":
+        return PatchDiscriminator(3, dc.image_channels, dc.hr_layers)
+    if name == "lr":
+        return PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)
+    raise ValueError(f"unknown critic {name!r}; the critics are content, hr and lr")
+
+
+def training_patches(cfg: TrainConfig):
+    """The run's training patches: paired or unpaired, as `data` says."""
+    patches = PairedPatches if cfg.data.paired else UnpairedPatches
+    d = cfg.data
+    return patches(d.hr_dir, d.lr_dir, d.hr_patch, d.lr_patch, d.hflip, d.rot90)
+
+
 def _all_params(*modules: Optional[nn.Module]) -> List[torch.Tensor]:
     return [p for m in modules if m is not None for p in m.parameters()]
 
@@ -193,14 +211,14 @@ class Trainer:
         self.critics: Dict[str, nn.Module] = {}
         dc = cfg.disc
         if cfg.loss.domain > 0:
-            self.critics["content"] = ContentDiscriminator(3, dc.latent_channels, dc.latent_layers)
+            self.critics["content"] = make_critic("content", dc)
         if cfg.loss.gan > 0 and cfg.train.stage1_steps < cfg.train.steps:
             # Built without advancing the global generator, so that what follows (the ActNorm
             # pass's noise) does not depend on whether the run reaches stage 2: a stage-1 run
             # extended past it then matches one configured that long from the start.
             with torch.random.fork_rng(devices=[]):
-                self.critics["hr"] = PatchDiscriminator(3, dc.image_channels, dc.hr_layers)
-                self.critics["lr"] = PatchDiscriminator(3, dc.lr_channels or dc.image_channels, dc.lr_layers)
+                self.critics["hr"] = make_critic("hr", dc)
+                self.critics["lr"] = make_critic("lr", dc)
             for name, patch in (("hr", cfg.data.hr_patch), ("lr", cfg.data.lr_patch)):
                 if patch < self.critics[name].min_input():
                     raise ValueError(f"data.{name}_patch={patch} is too small for the {name.upper()} "
@@ -231,9 +249,7 @@ class Trainer:
         if "hr" in self.critics:
             self.critic_groups["image"] = CriticObjective({"hr": self.critics["hr"], "lr": self.critics["lr"]})
 
-        patches = PairedPatches if cfg.data.paired else UnpairedPatches
-        self.dataset = patches(cfg.data.hr_dir, cfg.data.lr_dir, cfg.data.hr_patch, cfg.data.lr_patch,
-                               cfg.data.hflip, cfg.data.rot90)
+        self.dataset = training_patches(cfg)
 
     def _wrap(self) -> None:
         d = self.dist
