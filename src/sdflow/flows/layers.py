@@ -352,9 +352,11 @@ def _affine(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, sign: flo
 
 def _affine_(z: torch.Tensor, h: torch.Tensor, sign: float) -> torch.Tensor:
     """`_affine` in place on z, from a fused CouplingNet's output h = [ATAN_GAIN * scale | shift]
-    (in float32; its first half is overwritten)."""
+    (in float32)."""
     n = h.shape[1] // 2
-    factor = torch.atan_(h[:, :n]).mul_(sign * SCALE_BOUND).exp_()
+    # In channels-last h, the scale half is every other run of n floats: atan and exp over that
+    # strided view run unvectorised, 3x slower than copying it out dense first (bit-identical).
+    factor = h[:, :n].clone().atan_().mul_(sign * SCALE_BOUND).exp_()
     return z.add_(h[:, n:]).mul_(factor) if sign > 0 else z.mul_(factor).sub_(h[:, n:])
 
 
