@@ -119,3 +119,56 @@ def test_amp_auto_takes_bf16_only_where_the_cpu_runs_it_natively(tmp_path, monke
     want = "bf16" if native else "none"
     assert f"train.amp=auto: {want} on this cpu" in log and f"amp {want}" in log
     assert "emulates" not in log
+
+
+def test_a_network_kept_float32_ignores_the_reduced_context():
+    from sdflow.nets.discriminators import PatchDiscriminator
+    from sdflow.nets.precision import keep_float32
+
+    torch.manual_seed(3)
+    critic = PatchDiscriminator(3, 16, 2)
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+    first = next(m for m in critic.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = first.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with reduced_precision(torch.bfloat16):
+        low = critic(x)
+    keep_float32(critic)
+    with reduced_precision(torch.bfloat16):
+        kept = critic(x)
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert torch.equal(kept, critic(x)) and not torch.equal(low, kept)
+
+
+def test_amp_float32_keeps_the_named_networks_float32_in_a_bf16_run(tmp_path, monkeypatch):
+    from test_train import make_data
+
+    import sdflow.train.loop as loop
+    seen = {}
+    data = make_data(tmp_path / "data")
+    cfg = make_cfg(data, **{"train.amp": "bf16", "train.steps": 2, "train.stage1_steps": 1,
+                            "train.amp_float32": ["critics", "content_extractor"]})
+
+    def record(name):
+        def hook(m, i, o):
+            seen.setdefault(name, set()).add(o.dtype)
+        return hook
+
+    real_build = loop.Trainer._build
+
+    def build(self):
+        real_build(self)
+        first = lambda net: next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+        first(self.critics["hr"]).register_forward_hook(record("critic"))
+        first(self.model.content_extractor).register_forward_hook(record("E"))
+        first(self.model.f_hr).register_forward_hook(record("f_hr"))
+
+    monkeypatch.setattr(loop.Trainer, "_build", build)
+    train(cfg, tmp_path / "a")
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "train.amp: critics in float32" in log and "train.amp: content_extractor in float32" in log
+    assert seen["critic"] == {torch.float32} and seen["E"] == {torch.float32}
+    assert torch.bfloat16 in seen["f_hr"]            # the others still compute in bf16
+    with pytest.raises(ValueError, match="amp_float32: unknown networks"):
+        make_cfg(data, **{"train.amp_float32": ["f_hf"]}).validate()

@@ -47,6 +47,13 @@ def reduced_precision(dtype: Optional[torch.dtype]) -> Iterator[None]:
         _NET_DTYPE.reset(token)
 
 
+def keep_float32(module: torch.nn.Module) -> None:
+    """`module`'s networks run in float32 inside `reduced_precision` (training's
+    `train.amp_float32`): as a sampling form does with its own `compute_dtype`."""
+    for m in module.modules():
+        m.compute_dtype = torch.float32
+
+
 def net_dtype() -> Optional[torch.dtype]:
     return _NET_DTYPE.get()
 
@@ -141,5 +148,5 @@ def ieee_float32(device: Union[str, torch.device]):
         yield
 
 
-__all__ = ["reduced_precision", "net_dtype", "autocast_net", "cpu_has_native_bf16", "cpu_has_native_fp16",
+__all__ = ["reduced_precision", "keep_float32", "net_dtype", "autocast_net", "cpu_has_native_bf16", "cpu_has_native_fp16",
            "runs_natively", "resolve_precision", "ieee_float32", "SUPPORTED", "DTYPES"]

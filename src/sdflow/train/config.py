@@ -36,6 +36,10 @@ class DataConfig:
     paired: bool = False
 
 
+# What `train.amp_float32` may keep in float32.
+AMP_FLOAT32_NETS = ("critics", "content_extractor", "f_lr")
+
+
 @dataclass
 class TrainSchedule:
     steps: int = 200_000
@@ -44,6 +48,9 @@ class TrainSchedule:
     grad_accum: int = 1
     amp: str = "none"                 # none | auto | bf16 | fp16: the networks inside the flows (fp16 CUDA
                                       # only; auto: bf16 where the device runs it natively, else none)
+    # Networks that stay float32 when `amp` reduces the others: any of critics (all three),
+    # content_extractor (E), f_lr (its coupling nets). docs/training.md, "Reduced precision".
+    amp_float32: List[str] = field(default_factory=list)
     max_consecutive_skips: int = 20
     device: str = "auto"              # auto | cpu | cuda
     # A model whose weights a new run starts from (fine-tuning: BasicSR's pretrain_network_g): any
@@ -337,6 +344,9 @@ class TrainConfig:
             raise ValueError("data.hr_patch must be at least 16")
         if t.amp not in ("none", "auto", "bf16", "fp16"):
             raise ValueError(f"train.amp must be none, auto, bf16 or fp16, got {t.amp!r}")
+        bad = set(t.amp_float32) - set(AMP_FLOAT32_NETS)
+        if bad:
+            raise ValueError(f"train.amp_float32: unknown networks {sorted(bad)}; valid: {', '.join(AMP_FLOAT32_NETS)}")
         if t.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device must be auto, cpu or cuda, got {t.device!r}")
         o, lo, lg, v, dc = self.optim, self.loss, self.log, self.val, self.disc

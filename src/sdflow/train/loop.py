@@ -35,7 +35,8 @@ from sdflow.data.datasets import DataError, worker_message
 from sdflow.flows.layers import ActNorm
 from sdflow.model import SDFlow
 from sdflow.nets.discriminators import ContentDiscriminator, PatchDiscriminator, VGG19Features
-from sdflow.nets.precision import SUPPORTED, cpu_has_native_bf16, reduced_precision, resolve_precision
+from sdflow.nets.precision import (SUPPORTED, cpu_has_native_bf16, keep_float32, reduced_precision,
+                                   resolve_precision)
 from sdflow.train import checkpoint as ckpt_io
 from sdflow.train.config import TrainConfig
 from sdflow.train.logging import RunLogger, image_grid
@@ -237,6 +238,11 @@ class Trainer:
             self.logger.info("perceptual loss: off (no VGG-19 weights; set loss.vgg_weights to a "
                              "torchvision-layout vgg19 .pth / .safetensors file to enable it)")
 
+        if self.amp_dtype is not None:
+            for name in cfg.train.amp_float32:
+                for net in self.critics.values() if name == "critics" else [getattr(self.model, name)]:
+                    keep_float32(net)
+                self.logger.info(f"train.amp: {name} in float32")
         for name in cfg.optim.freeze:
             getattr(self.model, name).requires_grad_(False)
             self.logger.info(f"frozen: {name}")
