@@ -352,11 +352,14 @@ def _affine(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, sign: flo
 
 def _affine_(z: torch.Tensor, h: torch.Tensor, sign: float) -> torch.Tensor:
     """`_affine` in place on z, from a fused CouplingNet's output h = [ATAN_GAIN * scale | shift]
-    (in float32)."""
+    (in float32; its first half may be overwritten)."""
     n = h.shape[1] // 2
-    # In channels-last h, the scale half is every other run of n floats: atan and exp over that
-    # strided view run unvectorised, 3x slower than copying it out dense first (bit-identical).
-    factor = h[:, :n].clone().atan_().mul_(sign * SCALE_BOUND).exp_()
+    scale = h[:, :n]
+    if not h.is_contiguous():
+        # Channels-last h: the scale half is every other run of n floats, over which atan and
+        # exp run unvectorised, 3x slower than copying it out dense first (bit-identical).
+        scale = scale.clone()
+    factor = scale.atan_().mul_(sign * SCALE_BOUND).exp_()
     return z.add_(h[:, n:]).mul_(factor) if sign > 0 else z.mul_(factor).sub_(h[:, n:])
 
 
