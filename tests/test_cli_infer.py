@@ -726,3 +726,34 @@ def test_outscale_resizes_the_x4_result(tmp_path, tiny_model_path, capsys):
             sdflow(mode, "-q", "-i", src, "-o", tmp_path / "bad", "--model", tiny_model_path, "--outscale", value)
         assert e.value.code == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_blur_sets_the_width_a_told_extractor_undoes(tmp_path, tiny_model_path, capsys):
+    """`sdflow sr --blur W`: a model whose E is told its blur (model.extractor_blur=learnt)
+    restores as told; the default is its learnt width; a blind model refuses the option."""
+    from dataclasses import replace
+    from sdflow import ModelConfig
+    from sdflow.checkpoints import save_model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = SDFlow(replace(ModelConfig.preset("tiny"), ds_content="picture", extractor_blur="learnt"))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.abs().max() == 0:
+                    p.normal_(0.0, 0.02)
+            model.content_extractor.blur_embed.weight.normal_(0.0, 0.5)
+    told = save_model(model, tmp_path / "told.safetensors")
+    src = save(tmp_path / "in" / "a.png", 12, 16)
+    out = {}
+    for name, extra in (("own", ()), ("same", ("--blur", "0.7")), ("soft", ("--blur", "0.3")), ("sharp", ("--blur", "1.2"))):
+        assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / name, "--model", told, "--tau", "0", *extra) == 0
+        out[name] = np.asarray(PILImage.open(tmp_path / name / "a_sr.png"), dtype=np.int16)
+    assert np.array_equal(out["own"], out["same"])  # the learnt width starts at ds_content_sigma, 0.7
+    assert np.abs(out["soft"] - out["own"]).max() > 0 and np.abs(out["sharp"] - out["soft"]).max() > 0
+    capsys.readouterr()
+    assert sdflow("sr", "-q", "-i", src, "-o", tmp_path / "blind", "--model", tiny_model_path, "--blur", "0.5") == 2
+    assert "--blur: this model's content extractor is blind" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sdflow("sr", "-q", "-i", src, "-o", tmp_path / "zero", "--model", told, "--blur", "0")
+    with pytest.raises(SystemExit):
+        sdflow("ds", "-q", "-i", src, "-o", tmp_path / "ds", "--model", told, "--blur", "0.5")

@@ -460,3 +460,48 @@ def test_a_learnt_ds_blur_downscales_at_its_current_width_in_both_forms(tmp_path
         replace(model.config, ds_content="flow")
     with pytest.raises(ValueError, match="ds_blur must be one of"):
         replace(model.config, ds_blur="sometimes")
+
+
+def test_a_told_extractor_undoes_its_learnt_width_in_both_forms(tmp_path):
+    """model.extractor_blur=learnt: E is told a blur width; without one it assumes its learnt width,
+    in the reference and in the sampling form (which folds the width into its first layer and
+    follows the parameter when it changes), and the width survives saving and loading."""
+    import math
+    from dataclasses import replace
+    from sdflow.checkpoints import save_model
+    from sdflow.nets.blur import RATE
+    import sdflow
+    model = perturbed(ds_content="picture", hr_squeeze="lifting", extractor="residual",
+                      extractor_blur="learnt").eval()
+    e = model.content_extractor
+    lr = torch.rand(2, 3, 12, 20) * 2 - 1
+    with torch.no_grad():
+        own = e(lr)
+        assert torch.equal(own, e(lr, e.blur.sigma))
+        # One width per image: each image as if told its width alone.
+        both = e(lr, torch.tensor([0.3, 1.1]))
+        assert rel_err(both[:1], e(lr[:1], 0.3)) < 1e-6 and rel_err(both[1:], e(lr[1:], 1.1)) < 1e-6
+        assert rel_err(both[:1], own[:1]) > 1e-4 and rel_err(both[1:], own[1:]) > 1e-4
+        z = model.sample_hf_latent(lr, 0.0)
+        ref = model.f_hr.inverse(torch.cat([model.content(lr), model.f_hf.inverse(z, model.content(lr))[0]], 1))[0]
+    first = model.super_resolve(lr, hf_latent=z)
+    assert rel_err(first, ref) < 1e-4
+    with torch.no_grad():
+        e.blur.raw.fill_(math.log(1.1) / RATE)
+        told = model.content(lr, torch.tensor(1.1))
+        ref = model.f_hr.inverse(torch.cat([told, model.f_hf.inverse(z, told)[0]], 1))[0]
+    second = model.super_resolve(lr, hf_latent=z)  # the sampling form is rebuilt at the new width
+    assert rel_err(second, ref) < 1e-4 and rel_err(second, first) > 1e-4
+    loaded = sdflow.load(save_model(model, tmp_path / "m.safetensors"))
+    assert loaded.config.extractor_blur == "learnt"
+    assert float(loaded.content_extractor.blur.sigma.detach()) == pytest.approx(1.1)
+    assert rel_err(loaded.super_resolve(lr, hf_latent=z), second) < 1e-6
+    # Only a told E takes a width, and only in its reference form.
+    with pytest.raises(ValueError, match="only a told E"):
+        perturbed().content_extractor(lr, 0.5)
+    with pytest.raises(ValueError, match="only a told E"):
+        e.fused_copy(torch.float32, torch.contiguous_format)(lr, 0.5)
+    with pytest.raises(ValueError, match="extractor_blur must be one of"):
+        replace(model.config, extractor_blur="sometimes")
+    with pytest.raises(ValueError, match="extractor_blur=learnt needs a positive"):
+        replace(model.config, ds_content_sigma=0.0)

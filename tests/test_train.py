@@ -1162,6 +1162,102 @@ def test_a_short_run_learns_the_ds_blur_and_resumes_it(data, tmp_path):
         make_cfg(data, **{"optim.freeze": "[ds_blur]"})
 
 
+TOLD_E = {"ds_content": "picture", "ds_content_sigma": 0.7, "hr_squeeze": "lifting", "extractor": "residual",
+          "extractor_blur": "learnt"}
+
+
+def _tell(model):
+    """A told E whose output depends on the width (both start at zero)."""
+    e = model.content_extractor
+    with torch.no_grad():
+        e.blur_embed.weight.normal_(0, 0.1)
+        e.tail[-1].weight.normal_(0, 0.05)
+
+
+def test_a_told_extractor_learns_its_width_from_real_lr_terms_and_is_told_the_cycles_widths(monkeypatch):
+    """model.extractor_blur=learnt: the cycles tell E each pseudo-pair's drawn width; without pairs
+    the width E assumes for real LR is held in stage 1 and moved in stage 2 by the terms on SR of
+    the real LR (the HR critic, the pixel term), never by E's content terms or the cycles; with
+    pairs, the pairs move it."""
+    from sdflow.nets.content import ContentExtractor
+    raw = lambda m: m.content_extractor.blur.raw.grad  # noqa: E731
+    blur = ["loss.cycle_blur=[0.3,1.1]", "loss.cycle_tau=2.0", "model.ds_content=picture"]
+    obj, model, _, hr, lr = _objective(blur, **TOLD_E)
+    total, terms, _ = obj(hr, lr)
+    total.backward()
+    assert raw(model) is None or float(raw(model).abs()) == 0  # held in stage 1
+    assert float(terms["sr_blur_sigma"]) == pytest.approx(0.7)
+    for term in ("gan", "pixel"):
+        obj, model, _, hr, lr = _objective(_only(term, *blur), **TOLD_E)
+        _tell(model)
+        obj(hr, lr, stage2=True)[0].backward()
+        assert raw(model) is not None and float(raw(model).abs()) > 0, term
+    for term in ("content", "domain", "content_cycle", "sr_cycle", "sr_cycle_nll", "nll_lr", "lr_mode"):
+        obj, model, _, hr, lr = _objective(_only(term, *blur), **TOLD_E)
+        _tell(model)
+        total, terms, _ = obj(hr, lr, stage2=True)
+        total.backward()
+        assert terms["total"] > 0 and (raw(model) is None or float(raw(model).abs()) == 0), term
+    obj, model, _, hr, lr = _objective(["loss.paired_content=1.0"], **TOLD_E)
+    obj.paired = True
+    _tell(model)
+    obj(hr, lr)[0].backward()
+    assert raw(model) is not None and float(raw(model).abs()) > 0
+    # What E is told: on the real LR its own width, held for the content terms and live for SR;
+    # in the cycles the drawn widths.
+    told = []
+    orig = ContentExtractor.forward
+    monkeypatch.setattr(ContentExtractor, "forward", lambda self, x, sigma=None: told.append(sigma) or orig(self, x, sigma))
+    drawn, draw = [], GeneratorObjective.blur_range
+    monkeypatch.setattr(GeneratorObjective, "blur_range", staticmethod(lambda p, w: drawn.append(draw(p, w)) or drawn[-1]))
+    obj, model, _, hr, lr = _objective(_only("content_cycle", *blur), **TOLD_E)
+    told.clear()
+    obj(hr, lr, stage2=True)
+    widths = drawn[-1][1]
+    assert float(told[0]) == pytest.approx(0.7) and not told[0].requires_grad and told[1] is None
+    assert torch.equal(told[-1], widths) and ((widths >= 0.3) & (widths <= 1.1)).all()
+    # Without a range every pseudo-pair is blurred by DS's own width, and E is told that.
+    obj, model, _, hr, lr = _objective(_only("content_cycle", "loss.cycle_tau=2.0", "model.ds_content=picture"), **TOLD_E)
+    told.clear()
+    obj(hr, lr, stage2=True)
+    assert float(told[-1]) == pytest.approx(0.7)
+    # cycle_blur_spread: the widths drawn around the width E now assumes, and told.
+    spread = ["loss.cycle_tau=2.0", "loss.cycle_blur_spread=1.25", "model.ds_content=picture",
+              "model.extractor_blur=learnt"]
+    obj, model, _, hr, lr = _objective(_only("content_cycle", *spread), **TOLD_E)
+    model.content_extractor.blur.set_(1.0)
+    told.clear()
+    obj(hr, lr, stage2=True)
+    widths = drawn[-1][1]
+    assert torch.equal(told[-1], widths) and ((widths >= 0.8 - 1e-6) & (widths <= 1.25 + 1e-6)).all()
+    for bad in (["loss.cycle_blur_spread=0.9"], ["loss.cycle_blur_spread=1.25", "loss.cycle_blur=[0.3,1.1]"]):
+        with pytest.raises(ValueError, match="cycle_blur_spread must be > 1"):
+            TrainConfig.from_dict(apply_overrides({"model": TOLD_E}, bad))
+    with pytest.raises(ValueError, match="cycle_blur_spread must be > 1"):
+        TrainConfig.from_dict(apply_overrides({"model": {**TOLD_E, "extractor_blur": "none"}}, ["loss.cycle_blur_spread=1.25"]))
+    TrainConfig.from_dict(apply_overrides({"model": TOLD_E}, ["loss.cycle_blur_spread=1.25"]))
+    with pytest.raises(ValueError, match="extractor_blur=learnt needs loss.cycle_blur"):
+        TrainConfig.from_dict(apply_overrides({"model": TOLD_E}, []))
+    TrainConfig.from_dict(apply_overrides({"model": TOLD_E}, blur))
+    TrainConfig.from_dict(apply_overrides({"model": TOLD_E, "data": {"paired": True}}, []))
+
+
+def test_a_short_run_learns_the_told_width_and_resumes_it(data, tmp_path):
+    over = {f"model.{k}": v for k, v in TOLD_E.items()}
+    over.update({"loss.cycle_blur": "[0.3,1.1]", "loss.content_cycle": 1.0, "loss.sr_cycle": 1.0})
+    cfg = make_cfg(data, **over, **{"train.steps": 5, "train.stage1_steps": 2, "checkpoint.every": 3})
+    run = tmp_path / "run"
+    s = train(cfg, run)
+    width = lambda path: float(sdflow.load(path).content_extractor.blur.sigma.detach())  # noqa: E731
+    # Held through stage 1, moved in stage 2.
+    assert s["last_terms"]["sr_blur_sigma"] != pytest.approx(0.7, abs=1e-6)
+    assert width(run / "model.safetensors") != pytest.approx(0.7, abs=1e-6)
+    again = tmp_path / "again"
+    train(make_cfg(data, **over, **{"train.steps": 3, "train.stage1_steps": 2, "checkpoint.every": 3}), again)
+    train(cfg, again, resume=True)
+    assert width(again / "model.safetensors") == width(run / "model.safetensors")
+
+
 def test_cycle_blur_draws_each_pseudo_pairs_blur_from_the_range(monkeypatch):
     """loss.cycle_blur: the cycles' DS samples start from f_LR of content pictures blurred by a
     width per image drawn from the range, while the critics' samples keep the model's one blur."""
@@ -1185,10 +1281,10 @@ def test_cycle_blur_draws_each_pseudo_pairs_blur_from_the_range(monkeypatch):
     # The draws: one width per image, uniform in the range, from training's RNG (resumes exactly).
     pictures = torch.rand(4, 3, 12, 12) * 2 - 1
     torch.manual_seed(3)
-    out = GeneratorObjective.blur_range(pictures, (0.3, 1.1))
+    out, drawn = GeneratorObjective.blur_range(pictures, (0.3, 1.1))
     torch.manual_seed(3)
     widths = 0.3 + 0.8 * torch.rand(4)
-    assert len(set(widths.tolist())) == 4
+    assert len(set(widths.tolist())) == 4 and torch.equal(drawn, widths)
     for p, w, o in zip(pictures, widths, out):
         assert torch.equal(o[None], gaussian_blur(p[None], float(w)))
     for bad in ("[1.0]", "[1.0,0.5]", "[-0.1,0.5]"):

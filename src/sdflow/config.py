@@ -64,12 +64,17 @@ class ModelConfig:
     # the LR picture itself and E learns only what restoring changes (docs/training.md, "The
     # lifting squeeze": a direct E started, and stayed, worse than no restoring at all).
     extractor: str = "direct"
+    # [ours] "none": E is blind. "learnt": E is told the width of the blur it undoes, and the width
+    # it assumes for real LR images is learnt, starting at ds_content_sigma (nets/content.py;
+    # docs/training.md, "A told E"). Training needs loss.cycle_blur to show it widths.
+    extractor_blur: str = "none"
 
     PRESETS = ("paper", "tiny", "small")
     DS_CONTENTS = ("flow", "picture")
     HR_SQUEEZES = ("shuffle", "lifting")
     EXTRACTORS = ("direct", "residual")
     DS_BLURS = ("fixed", "learnt")
+    EXTRACTOR_BLURS = ("none", "learnt")
 
     def __post_init__(self):
         if self.extractor not in self.EXTRACTORS:
@@ -85,6 +90,11 @@ class ModelConfig:
         if self.ds_blur == "learnt" and not (self.ds_content == "picture" and self.ds_content_sigma > 0):
             raise ValueError("ds_blur=learnt needs ds_content=picture and a positive ds_content_sigma "
                              "to start from")
+        if self.extractor_blur not in self.EXTRACTOR_BLURS:
+            raise ValueError(f"extractor_blur must be one of {', '.join(self.EXTRACTOR_BLURS)}, "
+                             f"got {self.extractor_blur!r}")
+        if self.extractor_blur == "learnt" and not self.ds_content_sigma > 0:
+            raise ValueError("extractor_blur=learnt needs a positive ds_content_sigma to start from")
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":

@@ -63,7 +63,9 @@ class SDFlow(nn.Module):
         hidden = config.coupling_hidden
         self.content_extractor = ContentExtractor(config.extractor_channels, config.extractor_blocks,
                                                   config.extractor_modulation_convs,
-                                                  zero_output=config.extractor == "residual")
+                                                  zero_output=config.extractor == "residual",
+                                                  blur=config.ds_content_sigma
+                                                  if config.extractor_blur == "learnt" else None)
         self.f_hr = HRFlow(config.hr_steps, hidden, config.hr_squeeze)
         self.f_hf = ConditionalFlow(HF_CHANNELS, CONTENT_CHANNELS, config.hf_steps, config.hf_rrdb_blocks,
                                     squeeze=False, normal_prior=True, cond_channels=config.cond_channels,
@@ -110,16 +112,30 @@ class SDFlow(nn.Module):
 
     # ----- the LR side ---------------------------------------------------------------------
 
-    def content(self, x: torch.Tensor) -> torch.Tensor:
-        """The content extractor E(x); with `config.extractor` "residual", f_LR(x) + E's output."""
-        correction, base = self.content_parts(x)
+    def content(self, x: torch.Tensor, blur: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The content extractor E(x); with `config.extractor` "residual", f_LR(x) + E's output.
+        `blur`: the blur width a told E (`config.extractor_blur`) assumes, one or one per image;
+        None: its learnt one."""
+        correction, base = self.content_parts(x, blur)
         return correction if base is None else correction + base
 
-    def content_parts(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def set_sr_blur(self, width: float) -> None:
+        """Make a told E (`config.extractor_blur` "learnt") undo a blur of `width` LR pixels from
+        now on instead of its learnt width: larger sharpens more. The width is the parameter
+        itself, so saving the model keeps it."""
+        if self.content_extractor.blur is None:
+            raise ValueError("this model's content extractor is blind (model.extractor_blur=none): "
+                             "it cannot be told a blur width")
+        if not (math.isfinite(width) and width > 0):
+            raise ValueError(f"a blur width must be a positive number of LR pixels, got {width}")
+        self.content_extractor.blur.set_(width)
+
+    def content_parts(self, x: torch.Tensor, blur: Optional[torch.Tensor] = None
+                      ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """E(x) in its two parts: the extractor network's output and the f_LR(x) a residual
         extractor adds it to (None for a direct one). Training terms that must move E's
         correction alone detach the second part without running f_LR again."""
-        c = self.content_extractor(x)
+        c = self.content_extractor(x, blur)
         if self.config.extractor != "residual":
             return c, None
         return c, even_sided(lambda v: self.f_lr(v)[0], x)
@@ -209,6 +225,13 @@ class SDFlow(nn.Module):
         """The LR picture of an HR image's content: its x4 antialiased bicubic downscale blurred by
         `config.ds_content_sigma` LR pixels (or the learnt `ds_blur`)."""
         return self.blur_picture(bicubic_downscale(hr, SCALE))
+
+    def blur_width(self) -> torch.Tensor:
+        """The width (LR pixels) of DS's content-picture blur: the learnt `ds_blur`, or
+        `config.ds_content_sigma`."""
+        if self.ds_blur is not None:
+            return self.ds_blur.sigma
+        return torch.tensor(self.config.ds_content_sigma, device=self.device)
 
     def blur_picture(self, x: torch.Tensor) -> torch.Tensor:
         """An LR picture blurred as DS blurs its content picture."""

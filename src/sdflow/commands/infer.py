@@ -27,6 +27,10 @@ def register(sub) -> None:
                     help="final scale of the output against the input, e.g. 2 or 3.5: the x4 result "
                          "resized by bicubic (antialiased when shrinking) to round(S x input size) "
                          "(default: 4, no resize)")
+    sr.add_argument("--blur", type=positive_float, default=None, metavar="W",
+                    help="for a model whose content extractor is told the blur it undoes (trained "
+                         "with model.extractor_blur=learnt): undo a blur of W LR pixels instead of "
+                         "the learnt width; larger sharpens more (default: the learnt width)")
     sr.set_defaults(func=run, mode="sr")
 
     ds = sub.add_parser(
@@ -128,6 +132,11 @@ def run(args) -> int:
         pipeline = load_pipeline(source, args.device, args.precision, tile=args.tile, tile_pad=args.tile_pad)
     except LoadError as e:
         return usage_error(str(e))
+    if getattr(args, "blur", None) is not None:
+        try:
+            pipeline.model.set_sr_blur(args.blur)
+        except ValueError as e:
+            return usage_error(f"--blur: {e}")
     note = precision_note(pipeline.device, args.precision)
     if note:
         print(f"note: {note}", file=sys.stderr)

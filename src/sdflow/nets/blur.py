@@ -26,9 +26,9 @@ RADIUS = 5
 RATE = 4.0
 
 
-class ContentBlur(nn.Module):
-    """x -> x blurred by a separable Gaussian of learnt width `sigma` (LR pixels), padded as
-    `gaussian_blur` pads; differentiable in x and in sigma."""
+class LearntWidth(nn.Module):
+    """A blur width in LR pixels, learnt as a log so that it stays positive and moves by a
+    proportion of itself; `sigma` is differentiable."""
 
     def __init__(self, sigma: float):
         super().__init__()
@@ -39,6 +39,15 @@ class ContentBlur(nn.Module):
     @property
     def sigma(self) -> torch.Tensor:
         return torch.exp(self.raw * RATE)
+
+    @torch.no_grad()
+    def set_(self, sigma: float) -> None:
+        self.raw.fill_(math.log(sigma) / RATE)
+
+
+class ContentBlur(LearntWidth):
+    """x -> x blurred by a separable Gaussian of learnt width `sigma` (LR pixels), padded as
+    `gaussian_blur` pads; differentiable in x and in sigma."""
 
     def kernel(self, dtype: torch.dtype) -> torch.Tensor:
         t = torch.arange(-RADIUS, RADIUS + 1, dtype=dtype, device=self.raw.device)

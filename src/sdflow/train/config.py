@@ -109,6 +109,10 @@ class LossConfig:
     # learns to restore a range of blurs and to tell them apart, not to undo one whatever the LR's
     # (docs/training.md, "Cycles over a range of blurs"). Needs model.ds_content picture. Empty: off.
     cycle_blur: List[float] = field(default_factory=list)
+    # [ours] f > 1, with a told E (model.extractor_blur learnt) instead of cycle_blur: the widths are
+    # drawn uniform in [w / f, w f] around w, the width E assumes for real LR now, so that the
+    # cycles train E where it is used and follow the width as it moves ("A told E"). 0: off.
+    cycle_blur_spread: float = 0.0
     # Where content_cycle and paired_content compare E's content with the known one: latent (f_LR's
     # latent space, whose scale drifts in training) or picture (the contents decoded by f_LR^-1).
     cycle_space: str = "latent"
@@ -394,6 +398,15 @@ class TrainConfig:
                 raise ValueError(f"loss.cycle_blur must be two widths 0 <= lo <= hi, got {widths}")
             if self.model_config().ds_content != "picture" or not self.loss.cycle_detach_ds:
                 raise ValueError("loss.cycle_blur needs model.ds_content=picture and loss.cycle_detach_ds")
+        spread = self.loss.cycle_blur_spread
+        if spread and not (spread > 1 and self.model_config().extractor_blur == "learnt" and not self.loss.cycle_blur):
+            raise ValueError(f"loss.cycle_blur_spread must be > 1 (or 0: off), with model.extractor_blur=learnt "
+                             f"and without loss.cycle_blur, got {spread}")
+        if spread and (self.model_config().ds_content != "picture" or not self.loss.cycle_detach_ds):
+            raise ValueError("loss.cycle_blur_spread needs model.ds_content=picture and loss.cycle_detach_ds")
+        if self.model_config().extractor_blur == "learnt" and not (self.loss.cycle_blur or spread or self.data.paired):
+            raise ValueError("model.extractor_blur=learnt needs loss.cycle_blur or loss.cycle_blur_spread: the "
+                             "cycles show a told E the widths it is told (without pairs nothing else does)")
         if self.loss.cycle_space not in ("latent", "picture"):
             raise ValueError(f"loss.cycle_space must be latent or picture, got {self.loss.cycle_space!r}")
         if self.loss.ds_sampler not in ("image", "element"):

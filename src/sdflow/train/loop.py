@@ -286,8 +286,9 @@ class Trainer:
         not, DDP must search the graph for the unused ones (find_unused_parameters)."""
         c = self.cfg.loss
         e_used = c.content > 0 or c.domain > 0 or (c.nll_lr > 0 and not c.nll_lr_detach_content)
-        # A learnt DS blur moves only in stage 2 (and with pairs).
-        return c.nll_hr > 0 and c.nll_lr > 0 and e_used and self.model.ds_blur is None
+        # A learnt DS blur, and a told E's learnt width, move only in stage 2 (and with pairs).
+        return (c.nll_hr > 0 and c.nll_lr > 0 and e_used and self.model.ds_blur is None
+                and self.model.config.extractor_blur == "none")
 
     # ----- state ---------------------------------------------------------------------------
 

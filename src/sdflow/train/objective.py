@@ -244,11 +244,12 @@ class GeneratorObjective(nn.Module):
         return gaussian_log_density(pic - target_pic.detach(), self.cfg.content_prior_sigma) + logdet
 
     @staticmethod
-    def blur_range(pictures: torch.Tensor, widths) -> torch.Tensor:
-        """Each picture blurred by its own width, uniform in [lo, hi] LR pixels (training's RNG)."""
+    def blur_range(pictures: torch.Tensor, widths) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Each picture blurred by its own width, uniform in [lo, hi] LR pixels (training's RNG),
+        and the widths."""
         lo, hi = widths
         drawn = lo + (hi - lo) * torch.rand(pictures.shape[0])
-        return torch.cat([gaussian_blur(p[None], float(s)) for p, s in zip(pictures, drawn)])
+        return torch.cat([gaussian_blur(p[None], float(s)) for p, s in zip(pictures, drawn)]), drawn
 
     def critic_view(self, name: str, x: torch.Tensor) -> torch.Tensor:
         """What critic `name` judges of x: x itself, or with `critic_highpass` > 0 only what a
@@ -273,7 +274,17 @@ class GeneratorObjective(nn.Module):
         # One pass of f_HR serves the likelihood, the content, the domain and DS terms.
         z_c_h, z_h, logdet_hr = m.encode_hr(hr_in)
         # E sees the 8-bit image: the likelihood is conditioned on the data itself.
-        correction, base = m.content_parts(lr)
+        told = m.content_extractor.blur
+        e_blur = None
+        if told is not None:
+            terms["sr_blur_sigma"] = told.sigma.detach()
+            if not self.paired:
+                # Without pairs only the HR critic, through SR of the real LR (below), judges the
+                # width against clean photos. The content term, which pins E's picture to the LR's
+                # low band, would move it as a nuisance: it pulled 20x harder than the critic, down
+                # on every family (docs/training.md, "A told E").
+                e_blur = told.sigma.detach()
+        correction, base = m.content_parts(lr, e_blur)
         c = correction if base is None else correction + base
         c_own = c if base is None else correction + base.detach()  # E's part alone moves
         # The HR's content where the SR side learns from it (loss.sr_content: z_c^h, or f_LR of the
@@ -372,7 +383,8 @@ class GeneratorObjective(nn.Module):
 
         if stage2:
             tau = cfg.stage2_tau
-            y_sr = sr_from_content(m, c, tau)                       # SR from real LR
+            c_live = c if e_blur is None else m.content(lr)         # a told E's own width, live
+            y_sr = sr_from_content(m, c_live, tau)                  # SR from real LR
             x_ds = ds_from_content(m, z_c_ds, tau, cfg.ds_sampler)  # DS from real HR
             y_sr_j = quantize_st(y_sr) if cfg.quantize_fakes else y_sr
             x_ds_j = quantize_st(x_ds) if cfg.quantize_fakes else x_ds
@@ -402,18 +414,28 @@ class GeneratorObjective(nn.Module):
             # temperature (1: the density itself) instead of reusing the critics' samples.
             x_cyc = x_ds_j
             cyc_tau = tau if cfg.cycle_tau is None else cfg.cycle_tau
-            if (cyc_tau != tau or cfg.cycle_blur) and cfg.cycle_detach_ds:
+            # A told E is told each pseudo-pair's blur: drawn, or the one DS blurs by.
+            cyc_blur = None if told is None else m.blur_width().detach()
+            widths = cfg.cycle_blur
+            if cfg.cycle_blur_spread:
+                w_now, f = float(told.sigma.detach()), cfg.cycle_blur_spread
+                widths = (w_now / f, w_now * f)
+            if (cyc_tau != tau or widths) and cfg.cycle_detach_ds:
                 with torch.no_grad():
-                    z_cyc = z_c_ds if not cfg.cycle_blur else m.f_lr(self.blur_range(hr_small, cfg.cycle_blur))[0]
+                    z_cyc = z_c_ds
+                    if widths:
+                        pictures, drawn = self.blur_range(hr_small, widths)
+                        z_cyc = m.f_lr(pictures)[0]
+                        cyc_blur = None if told is None else drawn
                     x_cyc = ds_from_content(m, z_cyc, cyc_tau, cfg.ds_sampler)
                     x_cyc = quantize_st(x_cyc) if cfg.quantize_fakes else x_cyc
             c_ds = None
             if w["content_cycle"] > 0:
                 x_in = x_cyc.detach() if cfg.cycle_detach_ds else x_cyc
-                c_ds = m.content(x_in)
+                c_ds = m.content(x_in, cyc_blur)
                 terms["content_cycle"] = self.content_distance(c_ds, z_c_sr)
             if (w["sr_cycle"] > 0 or w["sr_cycle_nll"] > 0) and (c_ds is None or not cfg.cycle_detach_ds):
-                c_ds = m.content(x_cyc.detach())
+                c_ds = m.content(x_cyc.detach(), cyc_blur)
             if w["sr_cycle"] > 0:
                 terms["sr_cycle"] = F.l1_loss(sr_from_content(m, c_ds, 0.0), hr)
             if w["sr_cycle_nll"] > 0:
