@@ -66,7 +66,8 @@ class ModelConfig:
     extractor: str = "direct"
     # [ours] "none": E is blind. "learnt": E is told the width of the blur it undoes, and the width
     # it assumes for real LR images is learnt, starting at ds_content_sigma (nets/content.py;
-    # docs/training.md, "A told E"). Training needs loss.cycle_blur to show it widths.
+    # docs/training.md, "A told E"). Unpaired training needs loss.cycle_blur or loss.cycle_blur_spread
+    # to show it widths.
     extractor_blur: str = "none"
 
     PRESETS = ("paper", "tiny", "small")

@@ -383,7 +383,10 @@ class GeneratorObjective(nn.Module):
 
         if stage2:
             tau = cfg.stage2_tau
-            c_live = c if e_blur is None else m.content(lr)         # a told E's own width, live
+            c_live = c
+            if e_blur is not None:
+                # E again at its own width, live (the HR critic moves it); f_LR(x) is the same.
+                c_live = m.content_extractor(lr) if base is None else m.content_extractor(lr) + base
             y_sr = sr_from_content(m, c_live, tau)                  # SR from real LR
             x_ds = ds_from_content(m, z_c_ds, tau, cfg.ds_sampler)  # DS from real HR
             y_sr_j = quantize_st(y_sr) if cfg.quantize_fakes else y_sr
